@@ -66,7 +66,7 @@ class Result:
         return statistics.median(self.figures[name])
 
     def paired_ratio(self, num: str, den: str) -> float:
-        pairs = [a / b for a, b in zip(self.figures[num], self.figures[den]) if b > 0]
+        pairs = [a / b for a, b in zip(self.figures[num], self.figures[den], strict=True) if b > 0]
         return statistics.median(pairs) if pairs else float("nan")
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 
 import psutil
 import pytest
@@ -60,16 +61,27 @@ def no_leftovers(request: pytest.FixtureRequest):
     if request.node.get_closest_marker("allow_leftovers"):
         return
     problems = []
-    # Processes and threads that are on their way out get a bounded, event-based wait.
-    new_children = [
-        p for p in me.children(recursive=True) if p.pid not in children_before
-    ]
-    _, alive = psutil.wait_procs(new_children, timeout=5)
-    alive = [
-        p
-        for p in alive
-        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and not _is_interpreter_helper(p)
-    ]
+    # Processes and threads on their way out get a bounded wait. A killed worker may stay a
+    # zombie for a moment until its parent (the forkserver) reaps it: that counts as gone.
+    def still_running() -> list[psutil.Process]:
+        alive = []
+        for p in me.children(recursive=True):
+            try:
+                if (
+                    p.pid not in children_before
+                    and p.status() != psutil.STATUS_ZOMBIE
+                    and not _is_interpreter_helper(p)
+                ):
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    deadline = time.monotonic() + 5
+    alive = still_running()
+    while alive and time.monotonic() < deadline:
+        psutil.wait_procs(alive, timeout=0.05)
+        alive = still_running()
     if alive:
         problems.append(f"child processes left running: {[(p.pid, p.name()) for p in alive]}")
     for t in _threads() - threads_before:

@@ -9,17 +9,40 @@ from __future__ import annotations
 
 from parajob import errors
 from parajob.hashing import hash
+from parajob.parallel import (
+    Parallel,
+    ParallelBackendBase,
+    delayed,
+    effective_n_jobs,
+    parallel_backend,
+    parallel_config,
+    register_parallel_backend,
+    worker_id,
+    wrap_non_picklable_objects,
+)
 from parajob.persistence import dump, dumps, load, loads, register_compressor
+from parajob.process_pool import cpu_count, worker_state
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Parallel",
+    "ParallelBackendBase",
     "__version__",
+    "cpu_count",
+    "delayed",
     "dump",
     "dumps",
+    "effective_n_jobs",
     "errors",
     "hash",
     "load",
     "loads",
+    "parallel_backend",
+    "parallel_config",
     "register_compressor",
+    "register_parallel_backend",
+    "worker_id",
+    "worker_state",
+    "wrap_non_picklable_objects",
 ]

@@ -14,17 +14,24 @@ import pickle
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "CacheWarning",
     "CorruptFileError",
+    "FunctionChangedWarning",
     "HashingError",
+    "InvalidParameterError",
     "MissingDependencyError",
     "ParajobError",
     "ParajobWarning",
+    "ParallelTimeoutError",
+    "PoolClosedError",
+    "RemoteTaskError",
     "TaskPicklingError",
     "TaskTimeoutError",
     "TerminatedWorkerError",
     "TruncatedFileError",
     "UnsafeLoadError",
     "WorkerError",
+    "WorkerStartError",
 ]
 
 
@@ -38,6 +45,10 @@ class ParajobWarning(UserWarning):
 
 class MissingDependencyError(ParajobError, ImportError):
     """An optional dependency is needed for what was asked; the message names the extra."""
+
+
+class InvalidParameterError(ParajobError, ValueError):
+    """A parameter has a value that cannot work (for example ``n_jobs=0``)."""
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -55,11 +66,25 @@ class UnsafeLoadError(ParajobError, pickle.UnpicklingError):
     """A file loaded with ``allow_pickle=False`` asked for something outside the safe set."""
 
 
+# -- memory ------------------------------------------------------------------------------------
+
+
+class CacheWarning(ParajobWarning):
+    """Something went wrong with a cache entry; the call still returns the right value."""
+
+
+class FunctionChangedWarning(CacheWarning):
+    """A cached function (or something it depends on) changed; its old entries were removed."""
+
+
 # -- hashing -----------------------------------------------------------------------------------
 
 
-class HashingError(ParajobError, pickle.PicklingError):
-    """An object could not be hashed (it cannot be reduced to a canonical description)."""
+class HashingError(ParajobError, pickle.PicklingError, TypeError):
+    """An object could not be hashed (it cannot be reduced to a canonical description).
+
+    Also a TypeError: joblib.hash let pickle's TypeError through for locks, generators, ...
+    """
 
 
 # -- workers -----------------------------------------------------------------------------------
@@ -79,3 +104,38 @@ class TaskTimeoutError(WorkerError, TimeoutError):
 
 class TaskPicklingError(WorkerError, pickle.PicklingError):
     """A task's function, arguments or result could not be sent between processes."""
+
+
+class WorkerStartError(WorkerError, BrokenProcessPool):
+    """Workers could not start (the initializer raised, or they died while starting)."""
+
+
+class PoolClosedError(WorkerError, RuntimeError):
+    """Work was submitted to a pool that was shut down, or was stopped by its shutdown."""
+
+
+class RemoteTaskError(WorkerError):
+    """A task raised an exception that could not be sent back; this carries its description.
+
+    ``args`` are ``(message, type_name, traceback_text)``.
+    """
+
+    @property
+    def type_name(self) -> str:
+        """Qualified name of the exception type the task raised."""
+        return str(self.args[1]) if len(self.args) > 1 else ""
+
+    @property
+    def traceback_text(self) -> str:
+        """The task's traceback, formatted in the worker."""
+        return str(self.args[2]) if len(self.args) > 2 else ""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# -- parallel ----------------------------------------------------------------------------------
+
+
+class ParallelTimeoutError(ParajobError, TimeoutError):
+    """A Parallel call's ``timeout`` passed before a batch finished; the call was stopped."""

@@ -1,0 +1,129 @@
+"""``parajob demo``: the library doing its main jobs on a built-in example.
+
+Everything happens in one local folder and needs no setup. It grows as parajob does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f} ms"
+
+
+def _make_model(np: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(42)
+    return {
+        "name": "demo-classifier",
+        "layers": [rng.standard_normal((512, 512), dtype=np.float32) for _ in range(6)],
+        "bias": rng.standard_normal(512),
+        "vocabulary": {f"token{i}": i for i in range(50_000)},
+        "classes": ("cat", "dog", "bird"),
+        "params": {"alpha": 1e-3, "max_iter": 200, "tol": None},
+    }
+
+
+def _same(np: Any, a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(np, a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(np, x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
+def _persistence_section(np: Any, folder: Path, array: Any, model: dict[str, Any]) -> None:
+    from parajob import dump, load
+
+    compressors: list[Any] = [0, ("zlib", 3), "lz4", "zstd"]
+    available = {"lz4": "lz4", "zstd": "zstandard"}
+    print("\n1. Persistence: dump / load")
+    header = f"   {'object':<12}{'compress':<14}{'on disk':>12}{'dump':>12}{'load':>12}"
+    print(header + f"{'load mmap':>12}")
+    for label, obj in (("array", array), ("model", model)):
+        for compress in compressors:
+            name = compress[0] if isinstance(compress, tuple) else compress
+            if name in available and importlib.util.find_spec(available[name]) is None:
+                print(f"   {label:<12}{name!s:<14}   (skipped: pip install 'parajob[{name}]')")
+                continue
+            path = folder / f"{label}.{name or 'raw'}.pj"
+            _, t_dump = _timed(lambda: dump(obj, path, compress=compress))  # noqa: B023
+            back, t_load = _timed(lambda: load(path))  # noqa: B023
+            if not _same(np, obj, back):
+                raise RuntimeError(f"demo: {path} did not load back equal to what was dumped")
+            mmap_col = ""
+            if compress == 0:
+                mapped, t_mmap = _timed(lambda: load(path, mmap_mode="r"))  # noqa: B023
+                if not _same(np, obj, mapped):
+                    raise RuntimeError(f"demo: {path} memory-mapped is not equal")
+                mmap_col = _ms(t_mmap)
+                del mapped
+            print(
+                f"   {label:<12}{name or 'none'!s:<14}{_mb(path.stat().st_size):>12}"
+                f"{_ms(t_dump):>12}{_ms(t_load):>12}{mmap_col:>12}"
+            )
+
+
+def _hashing_section(array: Any, model: dict[str, Any]) -> None:
+    from parajob import hash as pj_hash
+
+    print("\n2. Hashing: the same value gives the same digest in every process")
+    digest, t = _timed(lambda: pj_hash(array))
+    print(f"   hash(array of {_mb(array.nbytes)}) = {digest}  in {_ms(t)}")
+    digest, t = _timed(lambda: pj_hash(model))
+    print(f"   hash(model)                  = {digest}  in {_ms(t)}")
+    reordered = dict(reversed(list(model.items())))
+    print(f"   same digest with the dict's keys in another order: {pj_hash(reordered) == digest}")
+
+
+def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool = False) -> int:
+    """Run the demo in ``folder``; return the process exit status."""
+    try:
+        import numpy as np
+    except ImportError:
+        print("the demo needs numpy: pip install 'parajob[numpy]'")
+        return 1
+    path = Path(folder)
+    existed = path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        rng = np.random.default_rng(0)
+        array = rng.standard_normal(size_mb * 1_000_000 // 8)
+        model = _make_model(np)
+        print(f"parajob demo: working in {path.resolve()}")
+        print(
+            f"   a float64 array of {_mb(array.nbytes)} and a model-like dict "
+            f"(6 float32 matrices, a 50,000-word vocabulary, settings)"
+        )
+        _persistence_section(np, path, array, model)
+        _hashing_section(array, model)
+        print("\nAll results were checked equal to the originals.")
+    finally:
+        if keep:
+            print(f"files kept in {path.resolve()}")
+        elif existed:
+            for child in path.glob("*.pj"):
+                child.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return 0
