@@ -96,6 +96,42 @@ def _hashing_section(array: Any, model: dict[str, Any]) -> None:
     print(f"   same digest with the dict's keys in another order: {pj_hash(reordered) == digest}")
 
 
+def count_primes(start: int, stop: int) -> int:
+    """Count the primes in ``[start, stop)`` by trial division (deliberately CPU-bound)."""
+    count = 0
+    for n in range(max(start, 2), stop):
+        if n % 2 == 0:
+            count += n == 2
+            continue
+        d = 3
+        while d * d <= n:
+            if n % d == 0:
+                break
+            d += 2
+        else:
+            count += 1
+    return count
+
+
+def _parallel_section() -> None:
+    from parajob import Parallel, cpu_count, delayed
+
+    chunks = [(i, i + 25_000) for i in range(0, 400_000, 25_000)]
+    print(f"\n3. Parallel: counting primes below 400,000 in {len(chunks)} tasks")
+    serial, t_serial = _timed(
+        lambda: Parallel(n_jobs=1)(delayed(count_primes)(a, b) for a, b in chunks)
+    )
+    print(f"   n_jobs=1:  {sum(serial):,} primes in {_ms(t_serial)}")
+    tasks = [delayed(count_primes)(a, b) for a, b in chunks]
+    parallel, t_parallel = _timed(lambda: Parallel(n_jobs=-1, progress="text")(tasks))
+    if parallel != serial:
+        raise RuntimeError("demo: the parallel run disagrees with the serial one")
+    print(
+        f"   n_jobs=-1: {sum(parallel):,} primes in {_ms(t_parallel)} on {cpu_count()} CPUs "
+        f"({t_serial / t_parallel:.1f}x), worker pool included"
+    )
+
+
 def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool = False) -> int:
     """Run the demo in ``folder``; return the process exit status."""
     try:
@@ -108,15 +144,17 @@ def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool =
     path.mkdir(parents=True, exist_ok=True)
     try:
         rng = np.random.default_rng(0)
-        array = rng.standard_normal(size_mb * 1_000_000 // 8)
+        # A random walk, like a sensor's readings: realistic, and compressible.
+        array = np.cumsum(rng.integers(-3, 4, size_mb * 1_000_000 // 8)).astype(np.float64)
         model = _make_model(np)
         print(f"parajob demo: working in {path.resolve()}")
         print(
-            f"   a float64 array of {_mb(array.nbytes)} and a model-like dict "
+            f"   a float64 array of {_mb(array.nbytes)} (a random walk) and a model-like dict "
             f"(6 float32 matrices, a 50,000-word vocabulary, settings)"
         )
         _persistence_section(np, path, array, model)
         _hashing_section(array, model)
+        _parallel_section()
         print("\nAll results were checked equal to the originals.")
     finally:
         if keep:

@@ -71,8 +71,10 @@ def test_ctrl_c_stops_the_call_within_seconds(backend):
         while lines.next(10) != "interrupted":
             pass
         assert proc.wait(timeout=10) == 0, proc.stderr.read().decode()
-        # The guarantee is "within a second"; the bound leaves room for a loaded CI machine.
-        assert time.monotonic() - start < 3
+        # The guarantee is "within a second"; the bound leaves room for a loaded CI machine
+        # while still telling a stop from a task that ran on (it would take 60 s).
+        elapsed = time.monotonic() - start
+        assert elapsed < 5, f"the call took {elapsed:.1f} s to stop after Ctrl-C"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -38,7 +38,9 @@ def boom(x, bad):
     return x
 
 
-@pytest.mark.parametrize("name", ["sequential", "threading", "processes", "loky", "multiprocessing"])
+@pytest.mark.parametrize(
+    "name", ["sequential", "threading", "processes", "loky", "multiprocessing"]
+)
 def test_backend_conforms(name):
     check_parallel_backend(name)
 

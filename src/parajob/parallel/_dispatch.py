@@ -119,9 +119,12 @@ class Call:
             remaining = None if self.total is None else self.total - self._next_index
             size = self._sizer.next_size(remaining)
         first = self._next_index
-        tasks: list[Task] = []
-        for task in itertools.islice(self._tasks, size):
-            tasks.append(_check_task(task, first + len(tasks)))
+        tasks: list[Task] = list(itertools.islice(self._tasks, size))
+        # The cheap shape check of every task, in one tight loop (this is the hot path for
+        # many tiny tasks); the full check only runs to word the error.
+        for offset, task in enumerate(tasks):
+            if type(task) is not tuple or len(task) != 3 or not callable(task[0]):
+                _check_task(task, first + offset)
         if len(tasks) < size:
             self._exhausted = True
         if not tasks:
@@ -429,7 +432,7 @@ class _Resolved:
         return self.value
 
 
-def _check_task(task: Any, index: int) -> Task:
+def _check_task(task: Any, index: int) -> None:
     if (
         isinstance(task, tuple)
         and len(task) == 3
@@ -437,7 +440,7 @@ def _check_task(task: Any, index: int) -> Task:
         and isinstance(task[1], tuple)
         and isinstance(task[2], dict)
     ):
-        return task
+        return
     raise TypeError(
         f"Parallel expects tasks made with delayed(f)(*args, **kwargs), got "
         f"{type(task).__name__} {task!r:.80} at index {index}"

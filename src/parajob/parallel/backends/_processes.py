@@ -24,6 +24,16 @@ from parajob.parallel._budget import (
 from parajob.parallel._tasks import Batch, BatchResult, TaskError
 
 
+class _Finished:
+    """What the completion callback hands to Parallel: the pool's future and when it began."""
+
+    __slots__ = ("future", "submitted")
+
+    def __init__(self, future: Future[Any], submitted: float) -> None:
+        self.future = future
+        self.submitted = submitted
+
+
 def _start_worker(budget: int, initializer: Any, initargs: tuple[Any, ...]) -> None:
     """Pool initializer: record the worker's CPU budget, then run the user's initializer."""
     os.environ[BUDGET_ENV] = str(budget)
@@ -48,7 +58,7 @@ class ProcessesBackend(ParallelBackendBase):
         self.pool_options = pool_options
         self._pool: Any = None
         self._n_jobs = 1
-        self._submitted: dict[Future[Any], float] = {}
+        self._submitted: set[Future[Any]] = set()
         self._lock = threading.Lock()
 
     def effective_n_jobs(self, n_jobs: int) -> int:
@@ -90,9 +100,9 @@ class ProcessesBackend(ParallelBackendBase):
 
         def done(future: Future[Any]) -> None:
             with self._lock:
-                self._submitted.pop(future, None)
+                self._submitted.discard(future)
             if callback is not None:
-                callback(future)
+                callback(_Finished(future, start))
 
         future = self._pool.submit_batch(
             func.tasks,
@@ -102,17 +112,16 @@ class ProcessesBackend(ParallelBackendBase):
         )
         with self._lock:
             if not future.done():
-                self._submitted[future] = start
+                self._submitted.add(future)
         # Registered after the bookkeeping so that `done` never races with it.
         future.add_done_callback(done)
-        future.parajob_started = start  # type: ignore[attr-defined]
         return future
 
     def retrieve_result_callback(self, out: Any) -> BatchResult:
-        pool_result = out.result()
+        pool_result = out.future.result()
         # Wall time from submission: a little more than compute time when batches queue,
         # which only makes the automatic batch size err on the small side.
-        duration = time.perf_counter() - out.parajob_started
+        duration = time.perf_counter() - out.submitted
         values, errors = pool_result.values, pool_result.errors
         n = max(len(values), max(errors) + 1 if errors else 0)
         outcomes: list[tuple[bool, Any]] = [
