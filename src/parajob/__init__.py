@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from parajob import errors
 from parajob.hashing import hash
+from parajob.memory import (
+    Logger,
+    MemorizedResult,
+    Memory,
+    PrintTime,
+    StoreBackendBase,
+    expires_after,
+    register_store_backend,
+)
 from parajob.parallel import (
     Parallel,
     ParallelBackendBase,
@@ -26,8 +35,13 @@ from parajob.process_pool import cpu_count, worker_state
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Logger",
+    "MemorizedResult",
+    "Memory",
     "Parallel",
     "ParallelBackendBase",
+    "PrintTime",
+    "StoreBackendBase",
     "__version__",
     "cpu_count",
     "delayed",
@@ -35,6 +49,7 @@ __all__ = [
     "dumps",
     "effective_n_jobs",
     "errors",
+    "expires_after",
     "hash",
     "load",
     "loads",
@@ -42,6 +57,7 @@ __all__ = [
     "parallel_config",
     "register_compressor",
     "register_parallel_backend",
+    "register_store_backend",
     "worker_id",
     "worker_state",
     "wrap_non_picklable_objects",

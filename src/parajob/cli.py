@@ -1,4 +1,4 @@
-"""The ``parajob`` command: ``parajob demo``, ``parajob --version``."""
+"""The ``parajob`` command: ``parajob demo``, ``parajob cache ...``, ``parajob --version``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--size-mb", type=int, default=200, help="size of the demo array in MB (default: 200)"
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")
+
+    from parajob.memory._cli import add_cache_parser
+
+    add_cache_parser(sub)
     return parser
 
 
@@ -45,5 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.size_mb <= 0:
             parser.error(f"--size-mb must be a positive number of MB, got {args.size_mb}")
         return run_demo(args.dir, size_mb=args.size_mb, keep=args.keep)
+    if args.command == "cache":
+        return int(args.cache_handler(args))
     parser.print_help(sys.stderr)
     return 2
