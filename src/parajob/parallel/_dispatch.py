@@ -7,7 +7,7 @@ Moving parts::
     _Call.results() generator
       ├─ _fill(): read tasks lazily, cut batches ──► backend.submit(batch, callback)
       ├─ _wait_one(): done.get(timeout) ◄─────────── callback: done.put((batch_id, future))
-      ├─ _complete(): outcomes per task: store, retry, or fail (error policy)
+      ├─ _complete(): store a batch's values; per failed task: retry or fail (error policy)
       └─ yield results: input order (held by index) or completion order
 
 Everything but the callbacks runs in the caller's thread, so the call's state needs no lock:
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from parajob.progress import ProgressReporter
 
 __all__ = ["Call"]
+
+# The longest the caller's thread sleeps at once while waiting for results (seconds).
+_WAKE_EVERY = 0.1
 
 
 @dataclass
@@ -85,7 +88,9 @@ class Call:
         self._in_flight: dict[int, _Flight] = {}
         self._retry: deque[tuple[int, Task]] = deque()
         self._attempts: dict[int, int] = {}
-        self._results: dict[int, Any] = {}
+        # Results of consecutive tasks by the index of the first: one entry per batch in the
+        # common case, so storing and ordering cost nothing per task.
+        self._chunks: dict[int, list[Any]] = {}
         self._ready_unordered: deque[Any] = deque()
         self._next_yield = 0
         self._n_done = 0
@@ -189,18 +194,27 @@ class Call:
         return max(nearest - now, 0.0), kind
 
     def _wait_one(self) -> None:
-        wait, kind = self._deadline()
-        if wait is not None and self.s.task_timeout is not None and kind != "timeout":
-            # A thread batch's start time is only known once it starts: look again soon.
-            wait = min(wait, self.s.task_timeout / 4)
-        try:
-            if self.backend.supports_retrieve_callback:
-                batch_id, future = self._done.get(timeout=wait)
-            else:
-                batch_id, future = self._retrieve_without_callback(wait)
-        except queue.Empty:
-            self._expire()
-            return
+        watch_deadlines = self.s.timeout is not None or self.s.task_timeout is not None
+        while True:
+            wait: float | None = None
+            if watch_deadlines:
+                wait, kind = self._deadline()
+                if wait is not None and self.s.task_timeout is not None and kind != "timeout":
+                    # A thread batch's start time is only known once it starts: look again.
+                    wait = min(wait, self.s.task_timeout / 4)
+            # Never block without a bound: a Ctrl-C that the OS delivers to another thread
+            # only interrupts this one when it wakes up, so it wakes up often enough.
+            slice_ = _WAKE_EVERY if wait is None else min(wait, _WAKE_EVERY)
+            try:
+                if self.backend.supports_retrieve_callback:
+                    batch_id, future = self._done.get(timeout=slice_)
+                else:
+                    batch_id, future = self._retrieve_without_callback(slice_)
+                break
+            except queue.Empty:
+                if wait is not None and slice_ >= wait:
+                    self._expire()
+                    return
         flight = self._in_flight.pop(batch_id, None)
         if flight is None:
             return  # abandoned earlier (timed out or retried); its result is dropped
@@ -258,39 +272,46 @@ class Call:
                 f"backend {self.backend.__class__.__name__} returned {type(result).__name__} for "
                 f"a batch; a backend must return what the batch callable returned"
             )
-        self._sizer.record(len(result.outcomes), result.duration)
-        self.backend.batch_completed(len(result.outcomes), result.duration)
-        late = (
-            self.s.task_timeout is not None
+        values, errors = result.values, result.errors
+        n_run = len(values)  # fewer than the batch when it stopped at its first error
+        self._sizer.record(n_run, result.duration)
+        self.backend.batch_completed(n_run, result.duration)
+        if (
+            n_run == 1
+            and not errors
+            and self.s.task_timeout is not None
             and not self.backend.supports_task_timeout
             and result.duration > self.s.task_timeout
-        )
-        # Fewer outcomes than tasks when a batch stopped at its first error (on_error="raise").
-        for (ok, value), index, task in zip(
-            result.outcomes, flight.indices, batch.tasks, strict=False
         ):
-            if ok and late and len(batch) == 1:
-                # The backend could not stop the task (sequential): fail it after the fact, so
-                # task_timeout means the same thing on every backend.
-                value = TaskError(
+            # The backend could not stop the task (sequential): fail it after the fact, so
+            # task_timeout means the same thing on every backend.
+            errors = {
+                0: TaskError(
                     TaskTimeoutError(
                         f"{batch.describe()} took {result.duration:.3g} s, past task_timeout="
                         f"{self.s.task_timeout:g} s"
                     ),
                     "",
                 )
-                ok = False
-            if ok:
-                self._store(index, value)
-            else:
-                self._task_failed(index, task, value)
-        self._advance(len(result.outcomes))
-
-    def _store(self, index: int, value: Any) -> None:
-        if self.s.return_as == "generator_unordered":
-            self._ready_unordered.append(value)
+            }
+        if not errors:
+            self._store(flight.indices[0], values)  # the common case: the whole batch at once
         else:
-            self._results[index] = value
+            for pos in range(n_run):
+                index, task = flight.indices[pos], batch.tasks[pos]
+                failure = errors.get(pos)
+                if failure is None:
+                    self._store(index, [values[pos]])
+                else:
+                    self._task_failed(index, task, failure)
+        self._advance(n_run)
+
+    def _store(self, first: int, values: list[Any]) -> None:
+        """Keep the results of consecutive tasks ``first``, ``first + 1``, ..."""
+        if self.s.return_as == "generator_unordered":
+            self._ready_unordered.extend(values)
+        else:
+            self._chunks[first] = values
 
     def _task_failed(self, index: int, task: Task, error: TaskError) -> None:
         attempts = self._attempts.get(index, 0)
@@ -303,7 +324,7 @@ class Call:
         if error.tb_text and exc.__cause__ is None:
             exc.__cause__ = RemoteTraceback(error.tb_text)
         if self.s.on_error == "return":
-            self._store(index, exc)
+            self._store(index, [exc])
             return
         raise exc
 
@@ -321,14 +342,14 @@ class Call:
             while self._ready_unordered:
                 yield self._ready_unordered.popleft()
             return
-        results = self._results
-        while self._next_yield in results:
-            index = self._next_yield
-            value = results.pop(index)
-            self._next_yield += 1
+        chunks = self._chunks
+        while self._next_yield in chunks:
+            first = self._next_yield
+            values = chunks.pop(first)
+            self._next_yield += len(values)
             if self._ordered_bound:
-                self._unyielded_batches.pop(index, None)
-            yield value
+                self._unyielded_batches.pop(first, None)
+            yield from values
 
     def _finished(self) -> bool:
         return self._exhausted and not self._in_flight and not self._retry
@@ -373,8 +394,13 @@ class Call:
             ok = True
         finally:
             self.close(ok)
-        results = self._results
-        return [results[i] for i in range(len(results))]
+        out: list[Any] = []
+        chunks = self._chunks
+        while self._next_yield in chunks:
+            values = chunks.pop(self._next_yield)
+            self._next_yield += len(values)
+            out.extend(values)
+        return out
 
     def close(self, ok: bool) -> None:
         """End the call: on failure, cancel pending batches and stop running ones."""

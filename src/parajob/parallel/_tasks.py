@@ -138,16 +138,25 @@ class UnpicklableTaskError(Exception):
 
 
 class BatchResult:
-    """What running a :class:`Batch` returns: per-task outcomes and the compute time."""
+    """What running a :class:`Batch` returns: the values, the errors and the compute time.
 
-    __slots__ = ("duration", "outcomes")
+    ``values[i]`` is task ``i``'s result (None where it failed); ``errors`` maps the position
+    of each failed task to its :class:`TaskError` (None when nothing failed). After a failure
+    with ``stop_on_error``, ``values`` ends at the failed task. The shape is the process pool's
+    own, so its results need no conversion task by task.
+    """
 
-    def __init__(self, outcomes: list[tuple[bool, Any]], duration: float) -> None:
-        self.outcomes = outcomes  # (True, value) or (False, TaskError), in task order
+    __slots__ = ("duration", "errors", "values")
+
+    def __init__(
+        self, values: list[Any], errors: dict[int, TaskError] | None, duration: float
+    ) -> None:
+        self.values = values
+        self.errors = errors
         self.duration = duration
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BatchResult, (self.outcomes, self.duration))
+        return (BatchResult, (self.values, self.errors, self.duration))
 
 
 class Batch:
@@ -192,18 +201,22 @@ class Batch:
     def __call__(self) -> BatchResult:
         self.started = time.monotonic()
         start = time.perf_counter()
-        outcomes: list[tuple[bool, Any]] = []
+        values: list[Any] = []
+        errors: dict[int, TaskError] | None = None
         cancel = self.cancel_event
         for function, args, kwargs in self.tasks:
             if cancel is not None and cancel.is_set():
                 break
             try:
-                outcomes.append((True, function(*args, **kwargs)))
+                values.append(function(*args, **kwargs))
             except Exception as exc:
-                outcomes.append((False, TaskError(exc, None)))
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = TaskError(exc, None)
+                values.append(None)
                 if self.stop_on_error:
                     break
-        return BatchResult(outcomes, time.perf_counter() - start)
+        return BatchResult(values, errors, time.perf_counter() - start)
 
 
 def _function_name(function: Any) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -22,16 +21,6 @@ from parajob.parallel._budget import (
     share_of_budget,
 )
 from parajob.parallel._tasks import Batch, BatchResult, TaskError
-
-
-class _Finished:
-    """What the completion callback hands to Parallel: the pool's future and when it began."""
-
-    __slots__ = ("future", "submitted")
-
-    def __init__(self, future: Future[Any], submitted: float) -> None:
-        self.future = future
-        self.submitted = submitted
 
 
 def _start_worker(budget: int, initializer: Any, initargs: tuple[Any, ...]) -> None:
@@ -96,13 +85,12 @@ class ProcessesBackend(ParallelBackendBase):
             self.configure(n_jobs=self._n_jobs, parallel=self.parallel)
         task_timeout = getattr(self.parallel, "task_timeout", None)
         first = func.first_index
-        start = time.perf_counter()
 
         def done(future: Future[Any]) -> None:
             with self._lock:
                 self._submitted.discard(future)
             if callback is not None:
-                callback(_Finished(future, start))
+                callback(future)
 
         future = self._pool.submit_batch(
             func.tasks,
@@ -118,17 +106,13 @@ class ProcessesBackend(ParallelBackendBase):
         return future
 
     def retrieve_result_callback(self, out: Any) -> BatchResult:
-        pool_result = out.future.result()
-        # Wall time from submission: a little more than compute time when batches queue,
-        # which only makes the automatic batch size err on the small side.
-        duration = time.perf_counter() - out.submitted
-        values, errors = pool_result.values, pool_result.errors
-        n = max(len(values), max(errors) + 1 if errors else 0)
-        outcomes: list[tuple[bool, Any]] = [
-            (False, TaskError(errors[i], None)) if i in errors else (True, values[i])
-            for i in range(n)
-        ]
-        return BatchResult(outcomes, duration)
+        result = out.result()
+        errors = result.errors
+        return BatchResult(
+            result.values,
+            {pos: TaskError(exc, None) for pos, exc in errors.items()} if errors else None,
+            result.duration,
+        )
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -41,6 +42,10 @@ class _ThreadPool:
             thread.start()
 
     def _work(self, index: int, initializer: Callable[[int], None]) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            # Leave Ctrl-C to the main thread, where Python handles it, so that it wakes up
+            # at once instead of at its next timed check.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         init_error: BaseException | None = None
         try:
             initializer(index)
