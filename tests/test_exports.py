@@ -60,3 +60,10 @@ def test_import_starts_nothing_and_imports_no_optional_dependency():
     ).stdout.split("\n")
     assert out[0] == "[]", f"import parajob pulled in optional dependencies: {out[0]}"
     assert out[1] == "1", "import parajob started a thread"
+
+
+def test_every_lazy_export_resolves_to_its_module():
+    for name, module in parajob._EXPORTS.items():
+        assert name in parajob.__all__
+        assert getattr(parajob, name) is getattr(__import__(module, fromlist=[name]), name)
+    assert set(parajob.__all__) == {*parajob._EXPORTS, "__version__", "errors"}
