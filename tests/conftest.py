@@ -61,6 +61,7 @@ def no_leftovers(request: pytest.FixtureRequest):
     if request.node.get_closest_marker("allow_leftovers"):
         return
     problems = []
+
     # Processes and threads on their way out get a bounded wait. A killed worker may stay a
     # zombie for a moment until its parent (the forkserver) reaps it: that counts as gone.
     def still_running() -> list[psutil.Process]:
