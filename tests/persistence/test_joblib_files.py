@@ -534,7 +534,8 @@ def test_peak_memory_of_loading_a_large_array_stays_near_its_size(
         writer.dump_joblib(np.arange(size // 8, dtype=np.float64), f)
     code = textwrap.dedent(
         f"""
-        import resource, sys, psutil, parajob
+        import resource, sys, psutil, numpy, parajob
+        import parajob.persistence._joblib_format  # imports are not what this measures
 
         def peak():
             # Linux carries the parent's peak into a child's ru_maxrss across exec; the

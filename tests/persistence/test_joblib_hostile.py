@@ -249,7 +249,8 @@ def test_absurd_sizes_in_compressed_streams_cost_no_memory(tmp_path: pathlib.Pat
         (tmp_path / name).write_bytes(zlib.compress(data, 3))
     code = textwrap.dedent(
         f"""
-        import pathlib, psutil, parajob
+        import pathlib, psutil, numpy, parajob
+        import parajob.persistence._joblib_format  # imports are not what this measures
         from parajob.errors import CorruptFileError
         before = psutil.Process().memory_info().rss
         for name in {sorted(cases)!r}:
