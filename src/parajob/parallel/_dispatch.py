@@ -18,6 +18,7 @@ timed out or abandoned keeps its id out of ``_in_flight``, so its late callback 
 from __future__ import annotations
 
 import itertools
+import operator
 import queue
 import sys
 import time
@@ -125,11 +126,7 @@ class Call:
             size = self._sizer.next_size(remaining)
         first = self._next_index
         tasks: list[Task] = list(itertools.islice(self._tasks, size))
-        # The cheap shape check of every task, in one tight loop (this is the hot path for
-        # many tiny tasks); the full check only runs to word the error.
-        for offset, task in enumerate(tasks):
-            if type(task) is not tuple or len(task) != 3 or not callable(task[0]):
-                _check_task(task, first + offset)
+        _check_tasks(tasks, first)
         if len(tasks) < size:
             self._exhausted = True
         if not tasks:
@@ -456,6 +453,30 @@ class _Resolved:
 
     def result(self, timeout: float | None = None) -> Any:
         return self.value
+
+
+def _check_tasks(tasks: list[Any], first: int) -> None:
+    """Check that each task is ``(callable, args tuple, kwargs dict)``.
+
+    The hot path for many tiny tasks: the usual batch is checked with C-level passes
+    (``map`` over builtins); only an unusual one is looked at task by task.
+    """
+    try:
+        if (
+            set(map(type, tasks)) <= _TUPLE
+            and set(map(len, tasks)) <= _THREE
+            and all(map(callable, set(map(_first, tasks))))
+        ):
+            return
+    except TypeError:  # an unhashable callable: check one by one
+        pass
+    for offset, task in enumerate(tasks):
+        _check_task(task, first + offset)
+
+
+_TUPLE = frozenset({tuple})
+_THREE = frozenset({3})
+_first = operator.itemgetter(0)
 
 
 def _check_task(task: Any, index: int) -> None:

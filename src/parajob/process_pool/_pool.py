@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing as mp
+import operator
 import threading
 import time
 from collections import deque
@@ -38,6 +39,32 @@ from parajob.process_pool._state import (
 )
 
 __all__ = ["BatchResult", "Call", "ProcessPool"]
+
+_first = operator.itemgetter(0)
+_keywords = operator.itemgetter(2)
+
+
+def _check_calls(calls: list[Any]) -> tuple[Any, bool]:
+    """Check that each call is ``(fn, args, kwargs)``; return (the function, all share it).
+
+    This is the hot path for many tiny tasks, so the usual case is checked with C-level
+    passes (``map`` over builtins) and only an unusual batch is looked at call by call.
+    """
+    try:
+        if set(map(type, calls)) <= {tuple} and set(map(len, calls)) <= {3}:
+            functions = set(map(_first, calls))
+            if all(callable(f) for f in functions):
+                fn = next(iter(functions)) if len(functions) == 1 else None
+                return fn, fn is not None and not any(map(_keywords, calls))
+    except TypeError:  # an unhashable callable: check one by one below
+        pass
+    for call in calls:
+        if not (isinstance(call, tuple) and len(call) == 3 and callable(call[0])):
+            raise InvalidParameterError(
+                f"each call must be a (fn, args, kwargs) tuple with a callable fn, got "
+                f"{call!r:.200}"
+            )
+    return None, False
 
 
 class ProcessPool(Manager):
@@ -246,28 +273,21 @@ class ProcessPool(Manager):
         if indices is None:
             idx: Sequence[int] = range(len(calls))
         else:
-            idx = list(indices)
+            idx = indices if isinstance(indices, range) else list(indices)
             if len(idx) != len(calls):
                 raise InvalidParameterError(
                     f"indices has {len(idx)} entries for {len(calls)} calls; give one index "
                     "per call or none"
                 )
-        for call in calls:
-            if not (isinstance(call, tuple) and len(call) == 3 and callable(call[0])):
-                raise InvalidParameterError(
-                    f"each call must be a (fn, args, kwargs) tuple with a callable fn, got "
-                    f"{call!r:.200}"
-                )
         check_timeout(task_timeout)
-        if calls and isinstance(idx, range) and idx.step == 1:
-            fn = calls[0][0]
-            if all(call[0] is fn and not call[2] for call in calls):
-                # The common case (one function, positional arguments): send the function
-                # once and the arguments as a list, as map() does; much less to pickle.
-                items = [call[1] for call in calls]
-                return self._submit(
-                    fn, None, items, None, idx, task_timeout, False, stop_on_error, callback
-                )
+        # The common case (one function, positional arguments only) is sent as the function
+        # once plus a list of arguments, as map() does: much less to pickle.
+        fn, uniform = _check_calls(calls)
+        if calls and uniform and isinstance(idx, range) and idx.step == 1:
+            items = [call[1] for call in calls]
+            return self._submit(
+                fn, None, items, None, idx, task_timeout, False, stop_on_error, callback
+            )
         return self._submit(
             None, calls, None, None, idx, task_timeout, False, stop_on_error, callback
         )
