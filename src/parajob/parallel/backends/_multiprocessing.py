@@ -14,8 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from parajob.parallel._backend import ParallelBackendBase
-from parajob.parallel._budget import BUDGET_ENV, effective_n_jobs_within_budget, share_of_budget
+from parajob.parallel._budget import BUDGET_ENV, share_of_budget
+from parajob.parallel.backends._pooled import PooledBackend
 
 
 def _run_pickled(payload: bytes) -> Any:
@@ -28,54 +28,33 @@ def _start_worker(budget: int, initializer: Any, initargs: tuple[Any, ...]) -> N
         initializer(*initargs)
 
 
-class MultiprocessingBackend(ParallelBackendBase):
+class MultiprocessingBackend(PooledBackend):
     """Run batches on a ``multiprocessing.Pool`` (spawned with the "forkserver" method)."""
 
-    supports_initializer = True
+    def _start_pool(self, n: int, initializer: Any, initargs: tuple[Any, ...]) -> Any:
+        ctx = multiprocessing.get_context("forkserver")
+        return ctx.Pool(
+            n, initializer=_start_worker, initargs=(share_of_budget(n), initializer, initargs)
+        )
 
-    def __init__(self, nesting_level: int | None = None, **kwargs: Any) -> None:
-        super().__init__(nesting_level=nesting_level, **kwargs)
-        self._pool: Any = None
-        self._key: Any = None
-
-    def effective_n_jobs(self, n_jobs: int) -> int:
-        return effective_n_jobs_within_budget(n_jobs)
-
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        self.parallel = parallel
-        n = self.effective_n_jobs(n_jobs)
-        initializer = getattr(parallel, "_initializer", None)
-        initargs = getattr(parallel, "_initargs", ())
-        key = (n, initializer, initargs)
-        if self._pool is None or key != self._key:
-            self.terminate()
-            ctx = multiprocessing.get_context("forkserver")
-            self._pool = ctx.Pool(
-                n, initializer=_start_worker, initargs=(share_of_budget(n), initializer, initargs)
-            )
-            self._key = key
-        return n
+    def _stop_pool(self, pool: Any) -> None:
+        pool.terminate()
+        pool.join()
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         import cloudpickle
 
+        if self._pool is None:
+            self.configure(n_jobs=1, parallel=self.parallel)
         future: Future[Any] = Future()
         # Marked running at once: the standard pool cannot cancel a queued task, so the
         # future must not claim it can (abort_everything terminates the pool instead).
         future.set_running_or_notify_cancel()
         if callback is not None:
             future.add_done_callback(callback)
-        payload = cloudpickle.dumps(func)
         self._pool.apply_async(
             _run_pickled,
-            (payload,),
+            (cloudpickle.dumps(func),),
             callback=future.set_result,
             error_callback=future.set_exception,
         )
@@ -86,10 +65,3 @@ class MultiprocessingBackend(ParallelBackendBase):
         self.terminate()
         if ensure_ready and key is not None:
             self.configure(n_jobs=key[0], parallel=self.parallel)
-
-    def terminate(self) -> None:
-        pool, self._pool = self._pool, None
-        self._key = None
-        if pool is not None:
-            pool.terminate()
-            pool.join()

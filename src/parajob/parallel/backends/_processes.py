@@ -21,6 +21,7 @@ from parajob.parallel._budget import (
     share_of_budget,
 )
 from parajob.parallel._tasks import Batch, BatchResult, TaskError
+from parajob.parallel.backends._pooled import worker_setup
 
 
 def _start_worker(budget: int, initializer: Any, initargs: tuple[Any, ...]) -> None:
@@ -65,8 +66,7 @@ class ProcessesBackend(ParallelBackendBase):
 
         self.parallel = parallel
         n = self.effective_n_jobs(n_jobs)
-        initializer = getattr(parallel, "_initializer", None)
-        initargs = getattr(parallel, "_initargs", ())
+        initializer, initargs = worker_setup(parallel)
         self._n_jobs = n
         self._pool = get_executor(
             n,

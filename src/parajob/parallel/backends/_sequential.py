@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from parajob.parallel._backend import ParallelBackendBase
+from parajob.parallel.backends._pooled import worker_setup
 
 
 class SequentialBackend(ParallelBackendBase):
@@ -36,9 +37,9 @@ class SequentialBackend(ParallelBackendBase):
         **backend_kwargs: Any,
     ) -> int:
         self.parallel = parallel
-        initializer = getattr(parallel, "_initializer", None)
+        initializer, initargs = worker_setup(parallel)
         if initializer is not None:
-            initializer(*getattr(parallel, "_initargs", ()))
+            initializer(*initargs)
         return 1
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:

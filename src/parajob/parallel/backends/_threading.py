@@ -11,11 +11,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from parajob.parallel._backend import ParallelBackendBase
-from parajob.parallel._budget import (
-    effective_n_jobs_within_budget,
-    set_thread_worker_id,
-    share_of_budget,
-)
+from parajob.parallel._budget import set_thread_worker_id, share_of_budget
+from parajob.parallel.backends._pooled import PooledBackend
 
 _pool_ids = itertools.count()
 
@@ -86,7 +83,7 @@ class _ThreadPool:
             self._queue.put(None)
 
 
-class ThreadingBackend(ParallelBackendBase):
+class ThreadingBackend(PooledBackend):
     """Run batches on threads of the calling process.
 
     Threads share the caller's memory (``require="sharedmem"`` picks this backend) and cost
@@ -97,16 +94,10 @@ class ThreadingBackend(ParallelBackendBase):
 
     uses_threads = True
     supports_sharedmem = True
-    supports_initializer = True
 
     def __init__(self, nesting_level: int | None = None, **kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level, **kwargs)
-        self._pool: _ThreadPool | None = None
-        self._key: Any = None
         self._cancel = threading.Event()
-
-    def effective_n_jobs(self, n_jobs: int) -> int:
-        return effective_n_jobs_within_budget(n_jobs)
 
     def configure(
         self,
@@ -116,29 +107,27 @@ class ThreadingBackend(ParallelBackendBase):
         require: str | None = None,
         **backend_kwargs: Any,
     ) -> int:
-        self.parallel = parallel
-        n = self.effective_n_jobs(n_jobs)
-        initializer = getattr(parallel, "_initializer", None)
-        initargs = getattr(parallel, "_initargs", ())
-        key = (n, initializer, initargs)
-        if self._pool is None or key != self._key:
-            self.terminate()
-            budget = share_of_budget(n)
-
-            def start_thread(index: int) -> None:
-                set_thread_worker_id(index, budget)
-                if initializer is not None:
-                    initializer(*initargs)
-
-            self._pool = _ThreadPool(n, start_thread, f"parajob-thread-{next(_pool_ids)}")
-            self._key = key
-        self._cancel = threading.Event()
+        n = super().configure(n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require)
+        self._cancel = threading.Event()  # a fresh one per call: the last may be set
         return n
+
+    def _start_pool(self, n: int, initializer: Any, initargs: tuple[Any, ...]) -> _ThreadPool:
+        budget = share_of_budget(n)
+
+        def start_thread(index: int) -> None:
+            set_thread_worker_id(index, budget)
+            if initializer is not None:
+                initializer(*initargs)
+
+        return _ThreadPool(n, start_thread, f"parajob-thread-{next(_pool_ids)}")
+
+    def _stop_pool(self, pool: _ThreadPool) -> None:
+        self._cancel.set()
+        pool.shutdown()
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         if self._pool is None:
-            self.configure(n_jobs=1)
-        assert self._pool is not None
+            self.configure(n_jobs=1, parallel=self.parallel)
         if hasattr(func, "cancel_event"):
             func.cancel_event = self._cancel
         future = self._pool.submit(func)
@@ -150,13 +139,6 @@ class ThreadingBackend(ParallelBackendBase):
         self._cancel.set()
         if not ensure_ready:
             self.terminate()
-
-    def terminate(self) -> None:
-        pool, self._pool = self._pool, None
-        self._key = None
-        self._cancel.set()
-        if pool is not None:
-            pool.shutdown()
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         return ThreadingBackend(nesting_level=(self.nesting_level or 0) + 1), None
