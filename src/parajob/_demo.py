@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +131,26 @@ def _parallel_section() -> None:
     )
 
 
+def _memory_section(folder: Path) -> None:
+    from parajob import Memory
+
+    cache_dir = folder / "cache"
+    memory = Memory(cache_dir, verbose=0)
+    cached = memory.cache(count_primes)
+    print("\n4. Memory: results cached on disk, keyed by the arguments")
+    from_earlier_run = cached.check_call_in_cache(0, 600_000)
+    first, t_first = _timed(lambda: cached(0, 600_000))
+    how = "answered from the cache an earlier run left" if from_earlier_run else "computed"
+    print(f"   count_primes(0, 600_000) = {first:,}: {how}, {_ms(t_first)}")
+    second, t_second = _timed(lambda: cached(0, 600_000))
+    if second != first:
+        raise RuntimeError("demo: the cached result differs from the computed one")
+    print(f"   the same call again: answered from the cache in {_ms(t_second)}")
+    print(f"   {cached.explain(0, 600_000)}")
+    print(f"   the cache stays in {cache_dir}: run the demo again to see the first call hit it,")
+    print(f"   or look at it with: parajob cache info {cache_dir}")
+
+
 def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool = False) -> int:
     """Run the demo in ``folder``; return the process exit status."""
     try:
@@ -140,7 +159,6 @@ def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool =
         print("the demo needs numpy: pip install 'parajob[numpy]'")
         return 1
     path = Path(folder)
-    existed = path.exists()
     path.mkdir(parents=True, exist_ok=True)
     try:
         rng = np.random.default_rng(0)
@@ -155,13 +173,14 @@ def run_demo(folder: str | os.PathLike[str], *, size_mb: int = 200, keep: bool =
         _persistence_section(np, path, array, model)
         _hashing_section(array, model)
         _parallel_section()
+        _memory_section(path)
         print("\nAll results were checked equal to the originals.")
     finally:
+        # The big persistence files go; the small cache stays, so that a second run shows
+        # Memory answering from disk.
         if keep:
             print(f"files kept in {path.resolve()}")
-        elif existed:
+        else:
             for child in path.glob("*.pj"):
                 child.unlink()
-        else:
-            shutil.rmtree(path, ignore_errors=True)
     return 0

@@ -26,7 +26,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dir",
         default="parajob_demo",
-        help="folder for the demo's files (default: ./parajob_demo, removed afterwards)",
+        help="folder for the demo's files (default: ./parajob_demo; large files are removed "
+        "afterwards, the small cache is kept)",
     )
     demo.add_argument(
         "--size-mb", type=int, default=200, help="size of the demo array in MB (default: 200)"
