@@ -25,6 +25,8 @@ __all__ = [
     "ParallelTimeoutError",
     "PoolClosedError",
     "RemoteTaskError",
+    "SharedMemoryError",
+    "SharedMemoryWarning",
     "TaskPicklingError",
     "TaskTimeoutError",
     "TerminatedWorkerError",
@@ -139,3 +141,14 @@ class RemoteTaskError(WorkerError):
 
 class ParallelTimeoutError(ParajobError, TimeoutError):
     """A Parallel call's ``timeout`` passed before a batch finished; the call was stopped."""
+
+
+# -- shared memory -----------------------------------------------------------------------------
+
+
+class SharedMemoryError(ParajobError, OSError):
+    """A large array could not be shared with workers: no folder had room for it."""
+
+
+class SharedMemoryWarning(ParajobWarning):
+    """Large arrays are shared through a slower place (the shared-memory folder was full)."""

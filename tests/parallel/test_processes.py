@@ -123,3 +123,20 @@ def test_the_backend_follows_the_shared_pool_when_it_is_replaced():
         assert parallel(delayed(abs)(-i) for i in range(2)) == [0, 1]
         get_executor(2, reuse=False)  # someone else replaces the shared pool
         assert parallel(delayed(abs)(-i) for i in range(2)) == [0, 1]
+
+
+def test_timeout_counts_from_when_a_batch_starts_not_from_when_it_was_queued():
+    # Six 0.4 s tasks on 2 workers: the last ones wait ~0.8 s in the queue, yet each runs
+    # well within timeout=2, so nothing times out.
+    out = Parallel(n_jobs=2, batch_size=1, pre_dispatch="all", timeout=2)(
+        delayed(sleep_for)(0.4) for _ in range(6)
+    )
+    assert out == [0.4] * 6
+
+
+def test_timeout_stops_the_call_when_a_batch_runs_too_long():
+    from parajob.errors import ParallelTimeoutError
+
+    with pytest.raises(ParallelTimeoutError, match=r"did not finish within timeout=0\.5"):
+        Parallel(n_jobs=2, batch_size=1, timeout=0.5)(delayed(sleep_for)(t) for t in (0, 30))
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]

@@ -176,8 +176,9 @@ class Call:
         kind = ""
         now = time.monotonic()
         for flight in self._in_flight.values():
-            if self.s.timeout is not None:
-                d = flight.submitted + self.s.timeout
+            since = self._timeout_origin(flight)
+            if self.s.timeout is not None and since is not None:
+                d = since + self.s.timeout
                 if nearest is None or d < nearest:
                     nearest, kind = d, "timeout"
             if self.s.task_timeout is not None and not self.backend.supports_task_timeout:
@@ -189,6 +190,18 @@ class Call:
         if nearest is None:
             return None, kind
         return max(nearest - now, 0.0), kind
+
+    def _timeout_origin(self, flight: _Flight) -> float | None:
+        """When the call's ``timeout`` starts to count for a batch (None: not watched here).
+
+        Backends that can stop a batch watch it themselves, from when the batch starts to
+        run. Thread backends show their start time; others count from submission.
+        """
+        if self.backend.supports_task_timeout:
+            return None
+        if self.backend.uses_threads:
+            return flight.batch.started
+        return flight.submitted
 
     def _wait_one(self) -> None:
         watch_deadlines = self.s.timeout is not None or self.s.task_timeout is not None
@@ -230,7 +243,8 @@ class Call:
     def _expire(self) -> None:
         now = time.monotonic()
         for batch_id, flight in list(self._in_flight.items()):
-            if self.s.timeout is not None and now >= flight.submitted + self.s.timeout:
+            since = self._timeout_origin(flight)
+            if self.s.timeout is not None and since is not None and now >= since + self.s.timeout:
                 raise ParallelTimeoutError(
                     f"{flight.batch.describe()} did not finish within timeout="
                     f"{self.s.timeout:g} s; the call was stopped (raise timeout= or use "
@@ -257,6 +271,17 @@ class Call:
         try:
             result = self.backend.retrieve_result_callback(future)
         except Exception as exc:
+            if (
+                isinstance(exc, TimeoutError)
+                and self.s.timeout is not None
+                and (self.s.task_timeout is None or self.s.timeout < self.s.task_timeout)
+            ):
+                # The backend stopped the batch for the call's timeout: stop the call.
+                raise ParallelTimeoutError(
+                    f"{batch.describe()} did not finish within timeout={self.s.timeout:g} s; "
+                    f"the call was stopped (raise timeout= or use task_timeout= to fail only "
+                    f"the slow tasks)"
+                ) from exc
             # The batch as a whole failed: its worker died, it timed out in the pool, or it
             # could not be sent. Every task of it shares the error.
             error = TaskError(exc, None)

@@ -25,6 +25,7 @@ from parajob.errors import (
     WorkerStartError,
 )
 from parajob.process_pool import _messages as m
+from parajob.process_pool import _shm
 from parajob.process_pool._core import PoolCore, register_at_exit
 from parajob.process_pool._cpu import thread_cap_env
 from parajob.process_pool._state import (
@@ -221,8 +222,12 @@ class Manager(PoolCore):
         return False
 
     def _read_one(self, run: Run, w: WorkerHandle) -> bool:
+        fds = None
         try:
             buf = w.conn.recv_bytes()
+            if buf[0] == m.K_RESULT and buf[1] & m.F_FDS:
+                # The result's shared arrays: their descriptors follow the frame at once.
+                fds = _shm.receive_fds(w.conn)
         except (EOFError, OSError):
             # The worker is gone; stop polling its pipe (it would report EOF forever) and
             # let its sentinel tell how it ended.
@@ -230,7 +235,7 @@ class Manager(PoolCore):
                 w.eof = True
                 run.version += 1
             return False
-        self._on_message(run, w, buf)
+        self._on_message(run, w, buf, fds)
         return True
 
     def _drain(self, run: Run, w: WorkerHandle) -> None:
@@ -242,11 +247,17 @@ class Manager(PoolCore):
         except (EOFError, OSError):
             pass
 
-    def _on_message(self, run: Run, w: WorkerHandle, buf: bytes) -> None:
+    def _on_message(
+        self, run: Run, w: WorkerHandle, buf: bytes, fds: list[int] | None = None
+    ) -> None:
         kind, flags, task_id = m.HEADER.unpack_from(buf)
         body = memoryview(buf)[m.HEADER.size :]
         if kind == m.K_RESULT or kind == m.K_TASK_FAILED:
-            self._on_result(run, w, kind, flags, task_id, body)
+            try:
+                self._on_result(run, w, kind, flags, task_id, body, fds)
+            finally:
+                # Mapped arrays keep their memory; a dropped result's segments vanish here.
+                _shm.close_fds(fds)
         elif kind == m.K_LOG:
             self._on_log(body)
         elif kind == m.K_WARNING:
@@ -272,7 +283,14 @@ class Manager(PoolCore):
             self._break(run, str(err), err)
 
     def _on_result(
-        self, run: Run, w: WorkerHandle, kind: int, flags: int, task_id: int, body: memoryview
+        self,
+        run: Run,
+        w: WorkerHandle,
+        kind: int,
+        flags: int,
+        task_id: int,
+        body: memoryview,
+        fds: list[int] | None = None,
     ) -> None:
         outcome: tuple[bool, Any]
         with self._lock:
@@ -290,7 +308,8 @@ class Manager(PoolCore):
             outcome = (False, err)
         else:
             try:
-                values, raw_errors, duration = pickle.loads(body)
+                with _shm.receiving(fds):
+                    values, raw_errors, duration = pickle.loads(body)
                 errors = m.load_errors(raw_errors)
             except Exception as exc:
                 err = TaskPicklingError(

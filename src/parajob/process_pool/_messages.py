@@ -21,7 +21,8 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from parajob.errors import ParajobError, RemoteTaskError, TaskPicklingError
+from parajob.errors import ParajobError, RemoteTaskError, SharedMemoryError, TaskPicklingError
+from parajob.process_pool import _shm
 
 __all__ = [
     "HEADER",
@@ -49,6 +50,7 @@ K_INIT_FAILED = 15
 
 # flags on K_RESULT
 F_RETIRE = 1
+F_FDS = 2  # shared-memory descriptors follow the frame on the socket (see _shm.send_fds)
 
 PROTOCOL = 5
 
@@ -108,18 +110,34 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 def dumps_payload(payload: Any, functions: Sequence[Any]) -> bytes:
     """Pickle ``payload``, whose callables are ``functions``, the fastest way that works.
 
+    Inside :func:`parajob.process_pool._shm.sharing` (a Parallel call on the processes
+    backend), large numpy arrays are shared instead of pickled, and a task payload (a tuple)
+    gets the call's sharing settings appended, so the worker shares large results too.
+
     Raises
     ------
     Exception
         Whatever cloudpickle raised when nothing could pickle the payload; the caller turns it
         into a :class:`~parajob.errors.TaskPicklingError` naming the task.
     """
+    hook = None
+    sharer = _shm.current_sharer()
+    if sharer is not None:
+        if isinstance(payload, tuple):
+            payload = (*payload, sharer.settings)
+        hook = _shm.payload_hook(sharer)
     if _main_is_importable() and not any(_needs_by_value(f) for f in functions):
         try:
-            return pickle.dumps(payload, protocol=PROTOCOL)
+            if hook is None:
+                return pickle.dumps(payload, protocol=PROTOCOL)
+            return _shm.dumps_with(payload, hook, by_value=False)
+        except SharedMemoryError:
+            raise  # no room for an array: cloudpickle would not find any either
         except Exception:
             pass  # e.g. a lambda among the arguments: cloudpickle below handles it
-    return _cloudpickle_dumps(payload)
+    if hook is None:
+        return _cloudpickle_dumps(payload)
+    return _shm.dumps_with(payload, hook, by_value=True)
 
 
 def find_unpicklable(

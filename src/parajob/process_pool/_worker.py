@@ -32,7 +32,9 @@ from itertools import starmap
 from multiprocessing.connection import Connection
 from typing import Any
 
+from parajob.errors import SharedMemoryError
 from parajob.process_pool import _messages as m
+from parajob.process_pool import _shm
 
 __all__ = ["worker_id", "worker_state"]
 
@@ -122,6 +124,14 @@ class _Channel:
     def send(self, data: bytes) -> None:
         with self.lock:
             self.conn.send_bytes(data)
+
+    def send_with_fds(self, data: bytes, fds: list[int]) -> None:
+        # One lock for both: a log record written between them would come first and the
+        # manager would read it where it expects the descriptors.
+        with self.lock:
+            self.conn.send_bytes(data)
+            if fds:
+                _shm.send_fds(self.conn, fds)
 
 
 class _ForwardLogs(logging.Handler):
@@ -230,35 +240,52 @@ def _dump_result(
     fn_at: Any,
     index_at: Any,
     duration: float = 0.0,
-) -> bytes:
+    share: _shm.ShareSettings | None = None,
+) -> tuple[bytes, list[int]]:
+    """Pickle a batch's outcome; return it and the descriptors of its shared arrays."""
     if errors:
         # An exception may pickle yet fail to rebuild in the parent (a custom __init__):
         # check each one now, while its type, message and traceback are at hand.
         for pos, (exc, tb_text) in list(errors.items()):
             label = _task_label(fn_at(pos), index_at(pos))
             errors[pos] = m.picklable_exception(exc, tb_text, label)
-    try:
-        return pickle.dumps((values, errors, duration), protocol=m.PROTOCOL)
-    except Exception:
-        pass
-    try:
-        return m._cloudpickle_dumps((values, errors, duration))
-    except Exception:
-        pass
-    # Something does not pickle: find it, replace it by an error that says so, keep the rest.
+    for by_value in (False, True):
+        try:
+            return _dumps_outcome((values, errors, duration), share, by_value)
+        except Exception:
+            pass
+    # Something does not pickle (or a shared array found no room): find it, replace it by an
+    # error that says so, keep the rest.
     errors = dict(errors or {})
     for pos, value in enumerate(values):
         if pos in errors:
             continue
         try:
-            m._cloudpickle_dumps(value)
+            _, fds = _dumps_outcome(value, share, True)
+            _shm.close_fds(fds)
         except Exception as exc:
             values[pos] = None
             label = _task_label(fn_at(pos), index_at(pos))
-            errors[pos] = (m.result_unpicklable_error(label, exc), m.format_exception(exc))
+            if isinstance(exc, SharedMemoryError):
+                error: BaseException = SharedMemoryError(
+                    f"the result of {label} could not be sent back: {exc}"
+                )
+            else:
+                error = m.result_unpicklable_error(label, exc)
+            errors[pos] = (error, m.format_exception(exc))
     for pos, (error, tb_text) in list(errors.items()):
         errors[pos] = m.picklable_exception(error, tb_text, _task_label(fn_at(pos), index_at(pos)))
-    return pickle.dumps((values, errors, duration), protocol=m.PROTOCOL)
+    return _dumps_outcome((values, errors, duration), share, True)
+
+
+def _dumps_outcome(
+    outcome: Any, share: _shm.ShareSettings | None, by_value: bool
+) -> tuple[bytes, list[int]]:
+    if share is not None:
+        return _shm.dumps_result(outcome, share, by_value)
+    if by_value:
+        return m._cloudpickle_dumps(outcome), []
+    return pickle.dumps(outcome, protocol=m.PROTOCOL), []
 
 
 def _run_initializer(config: WorkerConfig, channel: _Channel) -> None:
@@ -335,7 +362,11 @@ def _serve(conn: Connection, channel: _Channel, status: Any, config: WorkerConfi
         status[2] = 1
         status[0] = -2  # loading the task
         try:
-            fn, star, items, stop_on_error, base, indices = pickle.loads(memoryview(buf)[hsize:])
+            payload = pickle.loads(memoryview(buf)[hsize:])
+            fn, star, items, stop_on_error, base, indices = payload[:6]
+            # A Parallel call that shares arrays sends its settings as a seventh item.
+            share = payload[6] if len(payload) > 6 else None
+            del payload
         except BaseException as exc:
             status[0] = -1
             body = pickle.dumps(
@@ -362,14 +393,36 @@ def _serve(conn: Connection, channel: _Channel, status: Any, config: WorkerConfi
         def index_at(p: int, base: int = base, indices: Any = indices) -> int:
             return indices[p] if indices is not None else base + p
 
-        body = _dump_result(values, errors, fn_at, index_at, duration)
-        del values, errors, items, fn
+        body, fds = _dump_result(values, errors, fn_at, index_at, duration, share)
+        if errors:
+            _drop_tracebacks(errors)
+        # Drop every reference to the task's data now (the helpers hold the items): shared
+        # arrays are unmapped here, not when the next task arrives.
+        del values, errors, items, fn, fn_at, index_at
         done += 1
         if not retiring:
             over_count = config.max_tasks is not None and done >= config.max_tasks
             over_rss = rss is not None and config.max_rss is not None and rss() > config.max_rss
             retiring = over_count or over_rss
-        channel.send(m.frame(m.K_RESULT, task_id, body, m.F_RETIRE if retiring else 0))
+        flags = (m.F_RETIRE if retiring else 0) | (m.F_FDS if fds else 0)
+        try:
+            channel.send_with_fds(m.frame(m.K_RESULT, task_id, body, flags), fds)
+        finally:
+            # The parent holds its own copies of the descriptors now (or never will).
+            _shm.close_fds(fds)
+
+
+def _drop_tracebacks(errors: dict[int, tuple[BaseException, str]]) -> None:
+    # A traceback holds the failed call's frames, and with them its arguments (shared arrays
+    # among them) in a reference cycle that only the garbage collector would break. The text
+    # was sent; drop the frames so the arguments go now.
+    for exc, _ in errors.values():
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = None
+            current = current.__cause__ or current.__context__
 
 
 # Calls run in blocks: the block's first position and size go to shared memory so the parent

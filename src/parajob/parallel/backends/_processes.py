@@ -4,16 +4,22 @@ Each batch goes to the pool as one message of calls (``ProcessPool.submit_batch`
 that dies is reported with the exact task it was running, and ``task_timeout`` kills only the
 late task's worker. The pool is shared and stays warm between calls; this backend never shuts
 it down (``parajob.process_pool.shutdown_executor`` does).
+
+Large numpy arrays travel through shared memory: each call gets an ``ArraySharer`` (from
+``start_call`` to ``stop_call``) that batches are pickled with, following the call's
+``max_nbytes``, ``mmap_mode`` and ``temp_folder`` (see ``docs/sharedmem.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from parajob.errors import SharedMemoryError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._budget import (
     BUDGET_ENV,
@@ -39,6 +45,8 @@ class ProcessesBackend(ParallelBackendBase):
     ``__main__`` functions are sent with cloudpickle.
     """
 
+    # The pool stops a late batch's worker, which serves both task_timeout and the call's
+    # timeout (measured from when the batch starts, not from when it was queued).
     supports_task_timeout = True
     supports_initializer = True
 
@@ -50,6 +58,7 @@ class ProcessesBackend(ParallelBackendBase):
         self._n_jobs = 1
         self._submitted: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        self._sharer: Any = None  # the current call's ArraySharer, or None
 
     def effective_n_jobs(self, n_jobs: int) -> int:
         return effective_n_jobs_within_budget(n_jobs)
@@ -76,6 +85,30 @@ class ProcessesBackend(ParallelBackendBase):
         )
         return n
 
+    def start_call(self) -> None:
+        self._close_sharer()
+        max_nbytes = getattr(self.parallel, "_max_nbytes", None)
+        if max_nbytes is None:
+            return  # max_nbytes=None: arrays go through the pipe, as with joblib
+        from parajob.parallel._config import parse_nbytes
+        from parajob.process_pool import _shm
+
+        settings = _shm.make_settings(
+            max_nbytes,
+            getattr(self.parallel, "mmap_mode", "r"),
+            getattr(self.parallel, "temp_folder", None),
+            parse_nbytes(os.environ.get(_shm.SHM_SIZE_ENV) or None, _shm.SHM_SIZE_ENV),
+        )
+        self._sharer = _shm.ArraySharer(settings)
+
+    def stop_call(self) -> None:
+        self._close_sharer()
+
+    def _close_sharer(self) -> None:
+        sharer, self._sharer = self._sharer, None
+        if sharer is not None:
+            sharer.close()
+
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         if not isinstance(func, Batch):
             raise TypeError(f"the processes backend runs Parallel batches, got {func!r}")
@@ -84,6 +117,7 @@ class ProcessesBackend(ParallelBackendBase):
             # other settings, shutdown_executor): take the current shared pool.
             self.configure(n_jobs=self._n_jobs, parallel=self.parallel)
         task_timeout = getattr(self.parallel, "task_timeout", None)
+        call_timeout = getattr(self.parallel, "timeout", None)
         first = func.first_index
 
         def done(future: Future[Any]) -> None:
@@ -92,12 +126,25 @@ class ProcessesBackend(ParallelBackendBase):
             if callback is not None:
                 callback(future)
 
-        future = self._pool.submit_batch(
-            func.tasks,
-            indices=range(first, first + len(func.tasks)),
-            task_timeout=None if task_timeout is None else task_timeout * len(func.tasks),
-            stop_on_error=func.stop_on_error,
-        )
+        sharer = self._sharer
+        if sharer is None:
+            sharing_arrays: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        else:
+            from parajob.process_pool._shm import sharing
+
+            sharing_arrays = sharing(sharer)
+        # The pool enforces both limits from when the batch starts running: the call's
+        # timeout (which then stops the whole call) and task_timeout (which fails the task).
+        limits = [t for t in (call_timeout, task_timeout) if t is not None]
+        with sharing_arrays:
+            future = self._pool.submit_batch(
+                func.tasks,
+                indices=range(first, first + len(func.tasks)),
+                task_timeout=min(limits) * len(func.tasks) if limits else None,
+                stop_on_error=func.stop_on_error,
+            )
+        if sharer is not None:
+            future = _unwrap_no_room(future)
         with self._lock:
             if not future.done():
                 self._submitted.add(future)
@@ -123,7 +170,25 @@ class ProcessesBackend(ParallelBackendBase):
 
     def terminate(self) -> None:
         # The shared pool stays warm for the next call; only forget it here.
+        self._close_sharer()
         self._pool = None
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         return ProcessesBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+
+def _unwrap_no_room(future: Future[Any]) -> Future[Any]:
+    """Fail with the SharedMemoryError itself when no folder had room for an argument.
+
+    The pool reports any failure to pickle a batch as a TaskPicklingError; "no room" deserves
+    its own, clearer error (it says how much was needed and where parajob looked).
+    """
+    if not future.done() or future.cancelled():
+        return future
+    exc = future.exception()
+    cause = None if exc is None else exc.__cause__
+    if not isinstance(cause, SharedMemoryError):
+        return future
+    replacement: Future[Any] = Future()
+    replacement.set_exception(cause)
+    return replacement

@@ -1,0 +1,519 @@
+"""The dask backend: Parallel's batches run on a ``dask.distributed`` cluster.
+
+Moving parts::
+
+    caller's thread                                  dask client / cluster
+    ───────────────                                  ─────────────────────
+    DaskBackend.submit(batch)
+      ├─ ArgumentScatterer: large arguments ──────► client.scatter (once per call per object)
+      │  are replaced by ScatteredArgument(token)
+      └─ client.submit(run_remote_batch, ...) ────► a worker runs the batch:
+                                                       substitute the scattered values,
+                                                       run the initializer once per process,
+                                                       run the batch inside
+                                                       parallel_config(backend=<nested dask>)
+    callback(future) ◄── dask's callback thread ◄──── BatchResult (values, errors, duration)
+
+The dispatcher (``parajob.parallel._dispatch``) does the rest exactly as for the processes
+backend: ordering, the error policy, retries, progress and cancellation. Nested Parallel calls
+inside a task run on the same cluster: the task *secedes* from its worker's thread pool while it
+waits, so an outer call that fills every worker slot cannot deadlock its inner calls.
+
+The helpers that replace large arguments by tokens and put them back in the worker are shared
+with the Ray backend, which imports them from here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from parajob.errors import InvalidParameterError, MissingDependencyError, TerminatedWorkerError
+from parajob.parallel._backend import ParallelBackendBase
+from parajob.parallel._tasks import Batch, BatchResult, Task
+
+__all__ = [
+    "ArgumentScatterer",
+    "DaskBackend",
+    "RemoteContext",
+    "ScatteredArgument",
+    "run_remote_batch",
+]
+
+# Types whose values are never worth scattering: checked first, so that the common case of
+# many tiny tasks with scalar arguments costs one set lookup per argument.
+_SMALL_TYPES = frozenset({int, float, complex, bool, str, type(None), range, slice})
+
+
+def _nbytes(value: Any) -> int:
+    """The size of ``value`` in bytes if it is a buffer-like object, else 0."""
+    kind = type(value)
+    if kind in _SMALL_TYPES:
+        return 0
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    try:
+        # numpy arrays, memoryviews, pandas Series, xarray objects, ...
+        nbytes = getattr(value, "nbytes", None)
+    except Exception:
+        return 0
+    if isinstance(nbytes, int) and not isinstance(nbytes, bool):
+        return nbytes
+    return 0
+
+
+def _is_large(value: Any, threshold: int) -> bool:
+    size = _nbytes(value)
+    return size > 0 and size >= threshold
+
+
+class ScatteredArgument:
+    """Stands in a task's arguments for a value sent to the cluster once per call."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ScatteredArgument, (self.token,))
+
+    def __repr__(self) -> str:
+        return f"ScatteredArgument({self.token!r})"
+
+
+class ArgumentScatterer:
+    """Replace large top-level task arguments by tokens, sending each object once per call.
+
+    Parameters
+    ----------
+    send : callable
+        ``send(obj)`` puts ``obj`` on the cluster and returns a handle (a dask Future, a Ray
+        ObjectRef) that the worker side resolves to ``obj`` again.
+    """
+
+    def __init__(self, send: Callable[[Any], Any]) -> None:
+        self._send = send
+        # id(obj) -> (obj, token, handle). The object itself is held so that its id cannot be
+        # reused by another object while the call runs.
+        self._sent: dict[int, tuple[Any, str, Any]] = {}
+
+    def prepare(self, batch: Batch, threshold: int | None) -> tuple[Batch, dict[str, Any]]:
+        """Return the batch to send and the handles (by token) that its tasks refer to."""
+        if threshold is None:
+            return batch, {}
+        handles: dict[str, Any] = {}
+        new_tasks: list[Task] | None = None
+        for pos, (function, args, kwargs) in enumerate(batch.tasks):
+            new_args = self._replace_args(args, threshold, handles)
+            new_kwargs = self._replace_kwargs(kwargs, threshold, handles)
+            if new_args is None and new_kwargs is None:
+                if new_tasks is not None:
+                    new_tasks.append((function, args, kwargs))
+                continue
+            if new_tasks is None:
+                new_tasks = list(batch.tasks[:pos])
+            new_tasks.append(
+                (
+                    function,
+                    args if new_args is None else new_args,
+                    kwargs if new_kwargs is None else new_kwargs,
+                )
+            )
+        if new_tasks is None:
+            return batch, handles
+        return Batch(new_tasks, batch.first_index, batch.stop_on_error), handles
+
+    def _token_for(self, value: Any, handles: dict[str, Any]) -> ScatteredArgument:
+        entry = self._sent.get(id(value))
+        if entry is None:
+            token = uuid.uuid4().hex
+            entry = (value, token, self._send(value))
+            self._sent[id(value)] = entry
+        handles[entry[1]] = entry[2]
+        return ScatteredArgument(entry[1])
+
+    def _replace_args(
+        self, args: tuple[Any, ...], threshold: int, handles: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        out: list[Any] | None = None
+        for pos, value in enumerate(args):
+            if _is_large(value, threshold):
+                if out is None:
+                    out = list(args)
+                out[pos] = self._token_for(value, handles)
+        return None if out is None else tuple(out)
+
+    def _replace_kwargs(
+        self, kwargs: dict[str, Any], threshold: int, handles: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = None
+        for name, value in kwargs.items():
+            if _is_large(value, threshold):
+                if out is None:
+                    out = dict(kwargs)
+                out[name] = self._token_for(value, handles)
+        return out
+
+    @property
+    def n_sent(self) -> int:
+        """How many distinct objects were sent during this call."""
+        return len(self._sent)
+
+    def clear(self) -> list[Any]:
+        """Forget the objects sent during the call; return their handles (to release them)."""
+        handles = [entry[2] for entry in self._sent.values()]
+        self._sent.clear()
+        return handles
+
+
+def _substitute(batch: Batch, values: Mapping[str, Any]) -> Batch:
+    def put_back(value: Any) -> Any:
+        if isinstance(value, ScatteredArgument):
+            return values[value.token]
+        return value
+
+    tasks: list[Task] = [
+        (
+            function,
+            tuple(put_back(a) for a in args),
+            {k: put_back(v) for k, v in kwargs.items()},
+        )
+        for function, args, kwargs in batch.tasks
+    ]
+    return Batch(tasks, batch.first_index, batch.stop_on_error)
+
+
+# Initializers already run in this worker process, by the token of the call that asked.
+_initialized: set[str] = set()
+_init_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RemoteContext:
+    """What a cluster worker needs, besides the batch, to run it as Parallel would locally.
+
+    ``backend`` names the backend that nested Parallel calls inside the tasks use (``"dask"``
+    or ``"ray"``) and ``nesting_level`` is the level of those nested calls.
+    """
+
+    backend: str
+    nesting_level: int
+    init_token: str
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+
+    def run_initializer_once(self) -> None:
+        """Run the call's initializer if this worker process has not run it yet."""
+        if self.initializer is None:
+            return
+        with _init_lock:
+            if self.init_token in _initialized:
+                return
+            self.initializer(*self.initargs)
+            _initialized.add(self.init_token)
+
+    def nested_backend(self) -> ParallelBackendBase:
+        """The backend for Parallel calls made by the tasks (on the same cluster)."""
+        if self.backend == "ray":
+            from parajob.parallel.backends._ray import RayBackend
+
+            return RayBackend(nesting_level=self.nesting_level)
+        return DaskBackend(nesting_level=self.nesting_level)
+
+
+def run_remote_batch(
+    batch: Batch, context: RemoteContext, values: Mapping[str, Any]
+) -> BatchResult:
+    """Run ``batch`` in a cluster worker (the function the dask and Ray backends send)."""
+    from parajob.parallel._config import parallel_config
+
+    if values:
+        batch = _substitute(batch, values)
+    context.run_initializer_once()
+    with parallel_config(backend=context.nested_backend()):
+        return batch()
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the dask backend needs dask.distributed: pip install 'parajob[dask]'"
+        ) from exc
+    return distributed
+
+
+class DaskBackend(ParallelBackendBase):
+    """Run Parallel's batches on a ``dask.distributed`` cluster.
+
+    Use it with ``parallel_config(backend="dask")`` (or ``Parallel(backend="dask")``) while a
+    :class:`distributed.Client` is active, or pass the client.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        The client to submit to; by default the current one (``distributed.get_client()``),
+        looked up when a Parallel call starts, not when the backend is created. Inside a task
+        running on a dask worker this is the worker's client, so nested calls stay on the
+        cluster.
+    wait_for_workers_timeout : float, default=10.0
+        Seconds to wait for the cluster to have at least one worker before a call fails.
+    nesting_level : int, optional
+        Set by parajob for Parallel calls made inside tasks.
+
+    Notes
+    -----
+    * ``n_jobs=-1`` (the default under this backend) means every worker thread of the cluster.
+    * Arguments of at least ``max_nbytes`` bytes (Parallel's setting, ``"1M"`` by default;
+      numpy arrays, bytes, anything with an ``nbytes``) are scattered to the cluster once per
+      call, however many tasks use them; ``max_nbytes=None`` sends every argument with its
+      task.
+    * A running dask task cannot be stopped: cancellation (the first error under
+      ``on_error="raise"``, Ctrl-C, a closed generator) cancels pending batches and drops the
+      results of running ones. ``task_timeout`` fails a task after the fact when it ran too
+      long. Dask re-runs a batch whose worker died up to ``distributed.scheduler.allowed-
+      failures`` times (3 by default) before parajob sees it fail.
+
+    .. versionadded:: 0.1
+    """
+
+    default_n_jobs = -1
+    supports_initializer = True
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        client: Any = None,
+        wait_for_workers_timeout: float = 10.0,
+        **backend_kwargs: Any,
+    ) -> None:
+        if backend_kwargs:
+            raise InvalidParameterError(
+                f"unexpected parameters {sorted(backend_kwargs)} for the dask backend; it takes"
+                f" client= and wait_for_workers_timeout="
+            )
+        if isinstance(wait_for_workers_timeout, bool) or not wait_for_workers_timeout >= 0:
+            raise InvalidParameterError(
+                f"wait_for_workers_timeout must be a number of seconds >= 0, got "
+                f"{wait_for_workers_timeout!r}"
+            )
+        super().__init__(nesting_level=nesting_level)
+        self.client = client
+        self.wait_for_workers_timeout = float(wait_for_workers_timeout)
+        self._lock = threading.Lock()
+        self._pending: dict[Any, str] = {}  # future -> description of its batch
+        self._scatterer: ArgumentScatterer | None = None
+        self._call_client: Any = None
+        self._context: RemoteContext | None = None
+        self._keys = itertools.count()
+        self._call_token = uuid.uuid4().hex[:12]
+        self._seceded = False
+
+    # -- the cluster ------------------------------------------------------------------------
+
+    def get_client(self) -> Any:
+        """Return the client this backend submits to (the given one, else the current one)."""
+        if self.client is not None:
+            return self.client
+        distributed = _import_distributed()
+        try:
+            return distributed.get_client()
+        except ValueError:
+            raise InvalidParameterError(
+                "backend='dask' found no dask.distributed Client; create one before the call, "
+                "e.g. `from distributed import Client; client = Client()` (a local cluster) or "
+                "Client('tcp://scheduler:8786'), or pass parallel_config(backend='dask', "
+                "client=client)"
+            ) from None
+
+    def _total_threads(self, client: Any) -> int:
+        total = sum(client.nthreads().values())
+        if total == 0 and self.wait_for_workers_timeout > 0:
+            try:
+                client.wait_for_workers(1, timeout=self.wait_for_workers_timeout)
+            except Exception:
+                pass
+            total = sum(client.nthreads().values())
+        if total == 0:
+            raise InvalidParameterError(
+                f"the dask cluster at {client.scheduler.address} has no workers (waited "
+                f"{self.wait_for_workers_timeout:g} s); start workers or raise "
+                f"wait_for_workers_timeout"
+            )
+        return int(total)
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs == 0:
+            raise ValueError(
+                "n_jobs must be a non-zero int, got 0; use -1 for every thread of the dask cluster"
+            )
+        if n_jobs > 0:
+            return int(n_jobs)
+        return max(self._total_threads(self.get_client()) + 1 + n_jobs, 1)
+
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        self.parallel = parallel
+        client = self.get_client()
+        self._call_client = client
+        n = self.effective_n_jobs(n_jobs)
+        self._context = RemoteContext(
+            backend="dask",
+            nesting_level=(self.nesting_level or 0) + 1,
+            init_token=uuid.uuid4().hex,
+            initializer=getattr(parallel, "_initializer", None),
+            initargs=tuple(getattr(parallel, "_initargs", ())),
+        )
+        return n
+
+    def _scatter(self, value: Any) -> Any:
+        # hash=False: the object is identified by this call, not by its content (hashing
+        # 200 MB costs more than it saves).
+        return self._call_client.scatter(value, hash=False, direct=False)
+
+    # -- a call -----------------------------------------------------------------------------
+
+    def start_call(self) -> None:
+        self._scatterer = ArgumentScatterer(self._scatter)
+        self._call_token = uuid.uuid4().hex[:12]
+        self._secede_if_in_task()
+
+    def stop_call(self) -> None:
+        try:
+            scatterer, self._scatterer = self._scatterer, None
+            if scatterer is not None:
+                handles = scatterer.clear()
+                if handles and self._call_client is not None:
+                    # Release the scattered data now rather than when the futures are
+                    # garbage-collected, so a 200 MB array does not outlive its call.
+                    self._call_client.cancel(handles)
+        finally:
+            self._rejoin()
+
+    def _secede_if_in_task(self) -> None:
+        """Inside a dask task, give the worker thread back while this nested call waits."""
+        distributed = _import_distributed()
+        try:
+            distributed.get_worker()
+        except ValueError:
+            return  # not on a dask worker
+        from distributed.worker import thread_state
+
+        if getattr(thread_state, "key", None) is None:
+            return  # on a worker, but not in a task's thread
+        distributed.secede()
+        self._seceded = True
+
+    def _rejoin(self) -> None:
+        if self._seceded:
+            self._seceded = False
+            _import_distributed().rejoin()
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        if not isinstance(func, Batch):
+            raise TypeError(f"the dask backend runs Parallel batches, got {func!r}")
+        if self._context is None or self._call_client is None:
+            self.configure(n_jobs=-1, parallel=self.parallel)
+        if self._scatterer is None:
+            self._scatterer = ArgumentScatterer(self._scatter)
+        threshold = getattr(self.parallel, "_max_nbytes", 1 << 20)
+        batch, handles = self._scatterer.prepare(func, threshold)
+        key = f"parajob-{self._call_token}-{func.first_index}-{next(self._keys)}"
+        future = self._call_client.submit(
+            run_remote_batch, batch, self._context, handles, key=key, pure=False
+        )
+        wrapper = _DaskFuture(future, func.describe())
+        with self._lock:
+            self._pending[future] = wrapper.description
+
+        def done(fut: Any) -> None:
+            with self._lock:
+                self._pending.pop(fut, None)
+            if callback is not None:
+                callback(wrapper)
+
+        future.add_done_callback(done)
+        return wrapper
+
+    def retrieve_result_callback(self, out: Any) -> BatchResult:
+        future = out.future if isinstance(out, _DaskFuture) else out
+        description = out.description if isinstance(out, _DaskFuture) else "a batch"
+        return _dask_result(future, description)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        with self._lock:
+            futures = list(self._pending)
+            self._pending.clear()
+        if futures and self._call_client is not None:
+            self._call_client.cancel(futures)
+
+    def terminate(self) -> None:
+        # The client and cluster belong to the user; only forget this call's state.
+        self.abort_everything()
+        self._call_client = None
+        self._context = None
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        return DaskBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A backend captured in a task's closure travels without its client (which belongs
+        # to the caller's process); on a worker it finds the worker's client.
+        return (DaskBackend, (self.nesting_level, None, self.wait_for_workers_timeout))
+
+
+class _DaskFuture:
+    """What submit returns (and the callback receives): a dask future and its batch's name."""
+
+    __slots__ = ("description", "future")
+
+    def __init__(self, future: Any, description: str) -> None:
+        self.future = future
+        self.description = description
+
+    def cancel(self) -> bool:
+        self.future.cancel()
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        return _dask_result(self.future, self.description, timeout)
+
+    def done(self) -> bool:
+        return bool(self.future.done())
+
+
+def _dask_result(future: Any, description: str, timeout: float | None = None) -> BatchResult:
+    from distributed.scheduler import KilledWorker
+
+    try:
+        result = future.result(timeout=timeout)
+    except KilledWorker as exc:
+        import dask
+
+        allowed = dask.config.get("distributed.scheduler.allowed-failures", default=3)
+        raise TerminatedWorkerError(
+            f"the dask workers running {description} died {int(allowed) + 1} times in a row "
+            f"(segfault, os._exit, out of memory, ...) and dask gave up on it: {exc}; the "
+            f"cluster replaced the workers, so the next call works (raise dask's "
+            f"distributed.scheduler.allowed-failures to try more often)"
+        ) from exc
+    if not isinstance(result, BatchResult):
+        raise TypeError(
+            f"a dask worker returned {type(result).__name__} for {description}; expected a "
+            f"BatchResult"
+        )
+    return result

@@ -1,0 +1,723 @@
+"""Large numpy arrays between the parent and pool workers, through shared memory.
+
+Moving parts::
+
+    parent, one ArraySharer per Parallel call (installed around submit by the backend)
+      pickling a task: an array above max_nbytes is copied once into an *unnamed* file
+        (O_TMPFILE) in the shm folder (else temp_folder / the system temp dir); the parent
+        keeps the file's descriptor open until the call ends; the pickle holds
+        (parent pid, fd, device, inode) and the array's layout
+      np.memmap arguments: (path, offset, layout), the worker maps the same file
+    worker
+      unpickling: open /proc/<parent pid>/fd/<fd>, check device and inode, mmap, close
+      pickling results: an array above max_nbytes goes to an unnamed file whose descriptor
+        follows the result frame over the worker's socket (SCM_RIGHTS)
+    parent manager thread: receives those descriptors right after the frame, maps each one
+      while unpickling the result, then closes them
+
+Why unnamed files: they never have a name that could be left behind. The kernel frees their
+storage when the last descriptor or mapping goes away, however the processes end (SIGKILL
+included), so nobody has to unlink anything: a result array in the parent lives exactly as long
+as the array object, and a call's arguments as long as the call (plus any task still using
+them). Sizes still count against the folder's filesystem, which is why room is checked there.
+
+Only the standard library is imported here (this module is loaded in every worker); numpy is
+imported when an array is met, so it is already loaded by then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import mmap
+import os
+import pickle
+import select
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from parajob.errors import SharedMemoryError, SharedMemoryWarning
+
+__all__ = [
+    "SHM_DIR_ENV",
+    "SHM_SIZE_ENV",
+    "ArraySharer",
+    "ShareSettings",
+    "current_sharer",
+    "dumps_result",
+    "receive_fds",
+    "receiving",
+    "send_fds",
+    "sharing",
+]
+
+SHM_DIR_ENV = "PARAJOB_SHM_DIR"
+SHM_SIZE_ENV = "PARAJOB_SHM_SIZE"
+DEFAULT_SHM_DIR = "/dev/shm"
+PROTOCOL = 5
+
+# Errors that mean "this place has no room": the next place is tried.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# pwrite moves at most ~2 GiB per call on Linux; non-contiguous arrays are copied in pieces.
+_WRITE_CHUNK = 1 << 30
+_COPY_CHUNK = 64 << 20
+# SCM_RIGHTS carries at most 253 descriptors per message on Linux.
+_FDS_PER_MESSAGE = 250
+_COUNT = struct.Struct("<I")
+# How long the manager waits for the descriptors that follow a result frame.
+_FDS_TIMEOUT = 30.0
+# Opening another process's descriptor through /proc is Linux's way to share an unnamed file.
+_CAN_SHARE_ARGS = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+_CAN_PASS_FDS = sys.platform != "win32" and hasattr(socket, "send_fds")
+
+
+class ShareSettings(NamedTuple):
+    """How one call shares arrays; travels with each of its tasks, so workers share results.
+
+    ``max_nbytes``: arrays larger than this are shared. ``mmap_mode``: how workers map
+    arguments. ``temp_folder``: the fallback folder (None: the system temp dir). ``shm_dir``:
+    the shared-memory folder (None: none). ``shm_size``: an upper bound on the room there.
+    """
+
+    max_nbytes: int
+    mmap_mode: str
+    temp_folder: str | None
+    shm_dir: str | None
+    shm_size: int | None
+
+
+def make_settings(
+    max_nbytes: int,
+    mmap_mode: str | None,
+    temp_folder: str | None,
+    shm_size: int | None,
+) -> ShareSettings:
+    """Resolve the shm folder (``PARAJOB_SHM_DIR``, else /dev/shm when present)."""
+    shm_dir = os.environ.get(SHM_DIR_ENV) or (
+        DEFAULT_SHM_DIR if os.path.isdir(DEFAULT_SHM_DIR) else None
+    )
+    return ShareSettings(
+        int(max_nbytes),
+        mmap_mode or "r",
+        None if temp_folder is None else os.fspath(temp_folder),
+        shm_dir,
+        shm_size,
+    )
+
+
+# -- where segments live -----------------------------------------------------------------------
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def _places(settings: ShareSettings) -> list[tuple[str, int | None, bool]]:
+    """(folder, cap on its room, is the shm folder), in the order they are tried."""
+    out: list[tuple[str, int | None, bool]] = []
+    if settings.shm_dir:
+        out.append((settings.shm_dir, settings.shm_size, True))
+    fallback = settings.temp_folder or tempfile.gettempdir()
+    if fallback != settings.shm_dir:
+        out.append((fallback, None, False))
+    return out
+
+
+def _free_bytes(place: str, cap: int | None) -> int:
+    st = os.statvfs(place)
+    free = st.f_bavail * st.f_frsize
+    return free if cap is None else min(free, cap)
+
+
+def _open_unnamed(place: str) -> int:
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        try:
+            return os.open(place, flag | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            # The filesystem has no O_TMPFILE: a named file, unlinked at once, is the same
+            # thing after a window of microseconds.
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    fd, path = tempfile.mkstemp(prefix="parajob-", dir=place)
+    try:
+        os.unlink(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_segment(nbytes: int, settings: ShareSettings, fill: Callable[[int], None]) -> int:
+    """Return the descriptor of a new unnamed file holding ``nbytes`` written by ``fill``."""
+    tried: list[str] = []
+    shm_was_full = False
+    for place, cap, is_shm in _places(settings):
+        try:
+            free = _free_bytes(place, cap)
+        except OSError as exc:
+            tried.append(f"{place} ({exc.strerror})")
+            continue
+        if free < nbytes:
+            tried.append(f"{place} ({_human(free)} free)")
+            shm_was_full |= is_shm
+            continue
+        try:
+            fd = _open_unnamed(place)
+        except OSError as exc:
+            tried.append(f"{place} ({exc.strerror})")
+            continue
+        try:
+            # Data is written with pwrite, never through a fresh mapping: on a full tmpfs a
+            # write fails with ENOSPC, where a store to a mapped page would kill us (SIGBUS).
+            fill(fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_ROOM:
+                raise
+            tried.append(f"{place} (full while writing: {exc.strerror})")
+            shm_was_full |= is_shm
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if shm_was_full:
+            warnings.warn(
+                f"the shared-memory folder {settings.shm_dir} has too little room for the "
+                f"arrays shared with workers, so they go to {place} instead (slower when it is "
+                f"on disk); give it more room (e.g. docker --shm-size), or point "
+                f"{SHM_DIR_ENV} or temp_folder= to a roomier folder",
+                SharedMemoryWarning,
+                stacklevel=2,
+            )
+        return fd
+    raise SharedMemoryError(
+        f"no room to share an array of {_human(nbytes)} ({nbytes} bytes) between processes; "
+        f"tried {', '.join(tried) or 'no folder'}; free some space there, point {SHM_DIR_ENV} "
+        "or temp_folder= to a folder with room, or pass max_nbytes=None to send arrays "
+        "through the pipe instead"
+    )
+
+
+# -- array layout ------------------------------------------------------------------------------
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _address(arr: Any) -> int:
+    return int(arr.__array_interface__["data"][0])
+
+
+def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """Lowest and one-past-highest byte of an array, relative to its first element."""
+    lo = hi = 0
+    for n, s in zip(shape, strides, strict=True):
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    return lo, hi + itemsize
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides = []
+    step = itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
+    pos = 0
+    total = len(data)
+    while pos < total:
+        written = os.pwrite(fd, data[pos : pos + _WRITE_CHUNK], at + pos)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        pos += written
+
+
+def _writer(arr: Any) -> tuple[Callable[[int], None], tuple[int, ...]]:
+    """Return (fill, strides of the stored copy): raw bytes for contiguous arrays, else C order."""
+    np = _np()
+    arr = arr.view(np.ndarray)  # np.matrix would stay 2-d through reshape
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        flat = arr.reshape(-1, order="A").view(np.uint8)
+
+        def fill(fd: int) -> None:
+            _pwrite_all(fd, memoryview(flat), 0)
+
+        return fill, tuple(arr.strides)
+
+    rows = max(1, _COPY_CHUNK // max(arr.nbytes // max(arr.shape[0], 1), 1))
+
+    def fill_rows(fd: int) -> None:
+        at = 0
+        for start in range(0, arr.shape[0], rows):
+            piece = np.ascontiguousarray(arr[start : start + rows]).reshape(-1).view(np.uint8)
+            _pwrite_all(fd, memoryview(piece), at)
+            at += piece.nbytes
+
+    return fill_rows, _c_strides(tuple(arr.shape), arr.dtype.itemsize)
+
+
+def _shareable_type(arr: Any, np: Any) -> bool:
+    """True for ndarray and subclasses that pickle as plain arrays (np.matrix, np.recarray)."""
+    cls = type(arr)
+    if cls is np.ndarray or cls is np.memmap:
+        return True
+    # A subclass with its own reduction (a masked array...) has state of its own: pickle it.
+    return bool(
+        cls.__reduce_ex__ is np.ndarray.__reduce_ex__ and cls.__reduce__ is np.ndarray.__reduce__
+    )
+
+
+def _subclass(arr: Any, np: Any) -> type | None:
+    cls = type(arr)
+    return None if cls is np.ndarray or cls is np.memmap else cls
+
+
+# -- mapping -----------------------------------------------------------------------------------
+
+
+class _Mapping(mmap.mmap):
+    """An mmap that weak references can point to (the per-worker mapping cache)."""
+
+
+# Arrays of one task (or of tasks that keep them) share one mapping per segment; a mapping is
+# dropped with the last array using it, so nothing outlives its users.
+_maps: weakref.WeakValueDictionary[tuple[Any, ...], _Mapping] = weakref.WeakValueDictionary()
+_maps_lock = threading.Lock()
+
+_ACCESS = {"r": mmap.ACCESS_READ, "c": mmap.ACCESS_COPY, "r+": mmap.ACCESS_WRITE}
+
+
+def _open_source(source: Any, writable: bool) -> int:
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+    if isinstance(source, str):
+        return os.open(source, flags)
+    pid, fd, dev, ino = source
+    path = f"/proc/{pid}/fd/{fd}"
+    gone = SharedMemoryError(
+        f"a shared array of process {pid} is gone (descriptor {fd} no longer holds it): the "
+        "Parallel call that shared it has ended or its process exited; tasks must not "
+        "outlive their call"
+    )
+    # stat follows the link without opening it: never open what the descriptor became after
+    # the call ended (it could be a pipe or a user's file).
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise gone from None
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        raise gone
+    opened = os.open(path, flags)
+    st = os.fstat(opened)
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        os.close(opened)
+        raise gone
+    return opened
+
+
+def _map(source: Any, start: int, length: int, mode: str) -> _Mapping:
+    key_source = source if isinstance(source, str) else (source[2], source[3])
+    key = (key_source, start, length, mode)
+    with _maps_lock:
+        found = _maps.get(key)
+        if found is not None:
+            return found
+        fd = _open_source(source, writable=mode == "r+")
+        try:
+            mapping = _Mapping(fd, length, access=_ACCESS[mode], offset=start)
+        finally:
+            os.close(fd)
+        _maps[key] = mapping
+        return mapping
+
+
+def rebuild_array(
+    source: Any,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: Any,
+    mode: str,
+    cls: type | None,
+) -> Any:
+    """Map a shared array in a worker (unpickling hook; ``source`` is a path or a descriptor).
+
+    The array is an ``np.memmap`` (or the argument's own ndarray subclass), read-only when
+    ``mode`` is ``"r"``.
+    """
+    np = _np()
+    lo, hi = _span(shape, strides, dtype.itemsize)
+    first = offset + lo
+    start = first - first % mmap.ALLOCATIONGRANULARITY
+    mapping = _map(source, start, offset + hi - start, mode)
+    arr = np.ndarray.__new__(
+        np.memmap if cls is None else cls,
+        shape,
+        dtype=dtype,
+        buffer=mapping,
+        offset=offset - start,
+        strides=strides,
+    )
+    if cls is None:
+        arr._mmap = mapping
+        arr.filename = source if isinstance(source, str) else None
+        arr.offset = offset
+        arr.mode = mode
+    return arr
+
+
+# -- the parent's side of a call ---------------------------------------------------------------
+
+
+class _Shared(NamedTuple):
+    keep: Any  # the array itself: keeps id() and the memory valid while the call runs
+    source: Any  # (pid, fd, device, inode)
+    offset: int  # of the first element in the segment
+    strides: tuple[int, ...]  # of the stored copy
+
+
+class ArraySharer:
+    """Share a call's large array arguments with workers; :meth:`close` ends their life.
+
+    Each array (keyed by identity, address, shape, strides and dtype) is copied once per call,
+    however many tasks use it; a view of an array already shared points into its segment.
+    ``np.memmap`` arguments backed by a file are passed as the file's path: no copy at all.
+    """
+
+    def __init__(self, settings: ShareSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._shared: dict[tuple[Any, ...], _Shared] = {}
+        self._fds: list[int] = []
+        self._closed = False
+        self._pid = os.getpid()
+
+    def __enter__(self) -> ArraySharer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def nsegments(self) -> int:
+        """How many arrays this call copied to shared memory so far."""
+        return len(self._fds)
+
+    def close(self) -> None:
+        """Release every segment of the call (workers still mapping one keep it until done)."""
+        with self._lock:
+            self._closed = True
+            fds, self._fds = self._fds, []
+            self._shared.clear()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def reduce(self, arr: Any) -> Any:
+        """Pickle hook: a reduction that maps ``arr`` in the worker, or NotImplemented."""
+        np = _np()
+        if not isinstance(arr, np.ndarray) or arr.dtype.hasobject or not _shareable_type(arr, np):
+            return NotImplemented
+        backing = _file_backing(arr, np)
+        if backing is None and (arr.nbytes <= self.settings.max_nbytes or not _CAN_SHARE_ARGS):
+            return NotImplemented
+        if arr.size == 0:
+            return NotImplemented
+        mode = self.settings.mmap_mode
+        if backing is not None:
+            path, offset, mm_mode = backing
+            source: Any = path
+            strides = tuple(arr.strides)
+            mode = "r+" if mm_mode == "w+" else mm_mode
+        else:
+            if mode == "w+":
+                mode = "r+"  # the segment is created here; workers only open it
+            with self._lock:
+                if self._closed:
+                    return NotImplemented
+                source, offset, strides = self._segment_for(arr, np)
+        return (
+            rebuild_array,
+            (source, offset, tuple(arr.shape), strides, arr.dtype, mode, _subclass(arr, np)),
+        )
+
+    def _segment_for(self, arr: Any, np: Any) -> tuple[Any, int, tuple[int, ...]]:
+        key = (id(arr), _address(arr), arr.shape, arr.strides, arr.dtype.str)
+        hit = self._shared.get(key)
+        if hit is not None:
+            return hit.source, hit.offset, hit.strides
+        owner = arr
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        if owner is not arr and (owner.flags.c_contiguous or owner.flags.f_contiguous):
+            owner_key = (id(owner), _address(owner), owner.shape, owner.strides, owner.dtype.str)
+            lo, hi = _span(tuple(arr.shape), tuple(arr.strides), arr.dtype.itemsize)
+            at = _address(arr) - _address(owner)
+            inside = at + lo >= 0 and at + hi <= owner.nbytes
+            # Share the whole base when a view is most of it (or the base is shared already):
+            # tasks that take slices of one array then share one copy of it.
+            if inside and (owner_key in self._shared or owner.nbytes <= 4 * arr.nbytes):
+                base = self._shared.get(owner_key) or self._add(owner_key, owner)
+                return base.source, base.offset + at, tuple(arr.strides)
+        entry = self._add(key, arr)
+        return entry.source, entry.offset, entry.strides
+
+    def _add(self, key: tuple[Any, ...], arr: Any) -> _Shared:
+        fill, strides = _writer(arr)
+        fd = _create_segment(arr.nbytes, self.settings, fill)
+        self._fds.append(fd)
+        st = os.fstat(fd)
+        lo, _ = _span(tuple(arr.shape), strides, arr.dtype.itemsize)
+        entry = _Shared(arr, (self._pid, fd, st.st_dev, st.st_ino), -lo, strides)
+        self._shared[key] = entry
+        return entry
+
+
+def _file_backing(arr: Any, np: Any) -> tuple[str, int, str] | None:
+    """(path, file offset of arr's first element, mode) when arr lives in a np.memmap's file."""
+    base = arr
+    while base is not None:
+        if isinstance(base, np.memmap):
+            mm = getattr(base, "_mmap", None)
+            filename = getattr(base, "filename", None)
+            if mm is None or filename is None or not isinstance(base.offset, int):
+                return None
+            try:
+                if mm.closed or not os.path.isfile(filename):
+                    return None
+                mm_address = _address(np.frombuffer(mm, dtype=np.uint8, count=1))
+            except (ValueError, TypeError, OSError):
+                return None
+            # numpy maps from the offset rounded down to the allocation granularity.
+            mm_start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY
+            path = os.fspath(filename)  # numpy keeps a Path when given one
+            return path, mm_start + _address(arr) - mm_address, str(base.mode)
+        base = getattr(base, "base", None)
+    return None
+
+
+_local = threading.local()
+
+
+def current_sharer() -> ArraySharer | None:
+    """The sharer installed by :func:`sharing` in this thread, if any."""
+    return getattr(_local, "sharer", None)
+
+
+@contextlib.contextmanager
+def sharing(sharer: ArraySharer | None) -> Iterator[None]:
+    """Pickle the tasks submitted in this block with ``sharer``'s array hook."""
+    previous = getattr(_local, "sharer", None)
+    _local.sharer = sharer
+    try:
+        yield
+    finally:
+        _local.sharer = previous
+
+
+# -- picklers with the array hook --------------------------------------------------------------
+
+
+class _HookPickler(pickle.Pickler):
+    def __init__(self, file: Any, hook: Callable[[Any], Any]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._hook = hook
+
+    def reducer_override(self, obj: Any) -> Any:
+        return self._hook(obj)
+
+
+def dumps_with(obj: Any, hook: Callable[[Any], Any], by_value: bool) -> bytes:
+    """Pickle ``obj`` with the array ``hook`` (with cloudpickle when ``by_value``)."""
+    buf = io.BytesIO()
+    if by_value:
+        import cloudpickle
+
+        class _CloudHookPickler(cloudpickle.Pickler):
+            def reducer_override(self, o: Any) -> Any:
+                reduced = hook(o)
+                if reduced is not NotImplemented:
+                    return reduced
+                return super().reducer_override(o)
+
+        _CloudHookPickler(buf, protocol=PROTOCOL).dump(obj)
+    else:
+        _HookPickler(buf, hook).dump(obj)
+    return buf.getvalue()
+
+
+def _array_hook(share: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    ndarray = sys.modules["numpy"].ndarray
+
+    def hook(obj: Any) -> Any:
+        if isinstance(obj, ndarray):
+            return share(obj)
+        return NotImplemented
+
+    return hook
+
+
+def payload_hook(sharer: ArraySharer) -> Callable[[Any], Any] | None:
+    """The hook for a task payload, or None when no array can be in it (numpy not loaded)."""
+    if "numpy" not in sys.modules:
+        return None
+    return _array_hook(sharer.reduce)
+
+
+# -- results: worker to parent -----------------------------------------------------------------
+
+
+class _ResultSegments:
+    def __init__(self, settings: ShareSettings) -> None:
+        self.settings = settings
+        self.fds: list[int] = []
+
+    def reduce(self, arr: Any) -> Any:
+        np = _np()
+        if (
+            arr.nbytes <= self.settings.max_nbytes
+            or arr.size == 0
+            or arr.dtype.hasobject
+            or not _shareable_type(arr, np)
+        ):
+            return NotImplemented
+        fill, strides = _writer(arr)
+        fd = _create_segment(arr.nbytes, self.settings, fill)
+        self.fds.append(fd)
+        lo, _ = _span(tuple(arr.shape), strides, arr.dtype.itemsize)
+        return (
+            rebuild_result,
+            (
+                len(self.fds) - 1,
+                arr.nbytes,
+                -lo,
+                tuple(arr.shape),
+                strides,
+                arr.dtype,
+                _subclass(arr, np),
+            ),
+        )
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+def dumps_result(obj: Any, settings: ShareSettings, by_value: bool) -> tuple[bytes, list[int]]:
+    """Pickle a worker's result; large arrays go to segments whose descriptors are returned.
+
+    The caller sends the descriptors with :func:`send_fds` and then closes them.
+    """
+    if not _CAN_PASS_FDS or "numpy" not in sys.modules:
+        if by_value:
+            import cloudpickle
+
+            return cloudpickle.dumps(obj, protocol=PROTOCOL), []
+        return pickle.dumps(obj, protocol=PROTOCOL), []
+    segments = _ResultSegments(settings)
+    try:
+        return dumps_with(obj, _array_hook(segments.reduce), by_value), segments.fds
+    except BaseException:
+        segments.close()
+        raise
+
+
+def rebuild_result(
+    index: int,
+    length: int,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: Any,
+    cls: type | None,
+) -> Any:
+    """Map a worker's result array in the parent (unpickling hook, inside :func:`receiving`)."""
+    fds = getattr(_local, "fds", None)
+    if fds is None or index >= len(fds):
+        raise SharedMemoryError(
+            "a result array's shared-memory segment did not arrive with the result; this is a "
+            "bug in parajob or the result was unpickled outside the pool"
+        )
+    np = _np()
+    mapping = _Mapping(fds[index], length, access=mmap.ACCESS_WRITE)
+    arr = np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset, strides=strides)
+    return arr if cls is None else arr.view(cls)
+
+
+@contextlib.contextmanager
+def receiving(fds: list[int] | None) -> Iterator[None]:
+    """Let :func:`rebuild_result` find the descriptors of one result frame."""
+    _local.fds = fds
+    try:
+        yield
+    finally:
+        _local.fds = None
+
+
+def send_fds(conn: Any, fds: list[int]) -> None:
+    """Send descriptors over a Connection that is a Unix socket, after a frame."""
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        for i in range(0, len(fds), _FDS_PER_MESSAGE):
+            chunk = fds[i : i + _FDS_PER_MESSAGE]
+            socket.send_fds(sock, [_COUNT.pack(len(fds) - i)], chunk)
+    finally:
+        sock.detach()
+
+
+def receive_fds(conn: Any, timeout: float = _FDS_TIMEOUT) -> list[int]:
+    """Receive what :func:`send_fds` sent; EOFError if the sender died before sending."""
+    fileno = conn.fileno()
+    sock = socket.socket(fileno=fileno)
+    fds: list[int] = []
+    try:
+        remaining = 1
+        while remaining > 0:
+            ready, _, _ = select.select([fileno], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"no shared-memory descriptors after {timeout:g} s")
+            data, got, _, _ = socket.recv_fds(sock, _COUNT.size, _FDS_PER_MESSAGE)
+            fds.extend(got)
+            if len(data) != _COUNT.size or not got:
+                raise EOFError("the worker stopped while sending shared-memory descriptors")
+            (remaining,) = _COUNT.unpack(data)
+            remaining -= len(got)
+        return fds
+    except BaseException:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise
+    finally:
+        sock.detach()
+
+
+def close_fds(fds: list[int] | None) -> None:
+    """Close received descriptors (their mappings, if any, keep the memory)."""
+    for fd in fds or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,103 @@
+"""Task functions for the shared-memory tests (importable by workers)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Holder:
+    """A dataclass with an array inside."""
+
+    name: str
+    data: Any
+
+
+class Plain:
+    """An object with an array attribute."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def describe(a: Any) -> tuple[str, bool, bool, float]:
+    """Return (type name, shared through a mapping?, writeable?, sum)."""
+    base = a
+    mapped = False
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            mapped = True
+            break
+        base = getattr(base, "base", None)
+    return type(a).__name__, mapped, bool(a.flags.writeable), float(np.asarray(a).sum())
+
+
+def describe_nested(obj: Any) -> list[tuple[str, bool, bool, float]]:
+    """Describe every array inside a list / dict / dataclass / object."""
+    return [
+        describe(obj["list"][0]),
+        describe(obj["dict"]["x"]),
+        describe(obj["dataclass"].data),
+        describe(obj["object"].data),
+    ]
+
+
+def same_layout(a: Any) -> tuple[tuple[int, ...], bool, bool, Any]:
+    """Return shape, C and F flags and a copy of the values."""
+    return a.shape, bool(a.flags.c_contiguous), bool(a.flags.f_contiguous), np.array(a)
+
+
+def try_write(a: Any) -> str:
+    """Write into the array; report what happened."""
+    try:
+        a[0] = -1.0
+    except ValueError as exc:
+        return f"refused: {exc}"
+    return "written"
+
+
+def fill_row(out: Any, i: int) -> int:
+    """Write row i of a shared output array."""
+    out[i, :] = i
+    return i
+
+
+def full(n: int, value: float) -> Any:
+    """Return a new array of n float64 values."""
+    return np.full(n, value)
+
+
+def full_f(shape: tuple[int, int]) -> Any:
+    """Return a Fortran-ordered array."""
+    return np.asfortranarray(np.arange(shape[0] * shape[1], dtype=np.float64).reshape(shape))
+
+
+def matrix(n: int) -> Any:
+    """Return an np.matrix subclass instance."""
+    return np.asmatrix(np.ones((n, n)))
+
+
+def fail(a: Any) -> None:
+    """Raise after touching the array."""
+    raise RuntimeError(f"failed on {a.shape}")
+
+
+def wait_for_file(a: Any, path: str) -> float:
+    """Signal start by creating path + '.started', then wait (bounded) for path to exist."""
+    with open(path + ".started", "w"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return float(a[0])
+
+
+def masked_sum(a: Any) -> tuple[str, float, int]:
+    """Return the type name, the masked sum and the number of masked values."""
+    return type(a).__name__, float(a.sum()), int(np.ma.count_masked(a))
