@@ -82,3 +82,22 @@ def test_parse_age() -> None:
     assert parse_age("7d") == 7 * 86400
     with pytest.raises(argparse.ArgumentTypeError):
         parse_age("soon")
+
+
+def test_prune_puts_entries_the_index_lost_back_under_its_limits(filled: Path) -> None:
+    # A process killed between writing an entry and indexing it leaves files the index does
+    # not know: limits would never count or evict them. prune re-syncs the index first.
+    import sqlite3
+
+    index = filled / "parajob" / "index.sqlite"
+    with sqlite3.connect(index) as conn:
+        conn.execute("DELETE FROM entries WHERE func LIKE '%beta'")
+    conn.close()
+    code, out = run("cache", "info", str(filled))
+    assert "entries:       4" in out
+    code, out = run("cache", "prune", str(filled), "--max-bytes", "3000")
+    assert code == 0
+    outputs = list((filled / "parajob").rglob("output.pkl"))
+    assert len(outputs) <= 2 and all("beta" not in str(p) for p in outputs), outputs
+    code, out = run("cache", "info", str(filled))
+    assert f"entries:       {len(outputs)}" in out

@@ -196,3 +196,186 @@ def test_waiter_times_out_and_computes_itself(tmp_path: Path) -> None:
             assert f(1) == 2
     finally:
         lock.release()
+
+
+def _wait_for(event: Any) -> None:
+    event.wait(WAIT)
+
+
+def test_child_forked_while_computing_does_not_keep_the_lock(tmp_path: Path) -> None:
+    # A cached function that starts long-lived workers by fork (a multiprocessing pool) must
+    # not leave its entry locked until they exit: flock belongs to the open file, which a
+    # forked child shares.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    release = ctx.Event()
+    children: list[Any] = []
+    memory = Memory(tmp_path, verbose=0)
+
+    @memory.cache
+    def start_worker(x):
+        child = ctx.Process(target=_wait_for, args=(release,))
+        child.start()
+        children.append(child)
+        return x
+
+    try:
+        assert start_worker(1) == 1
+        assert children[0].is_alive()
+        lock = memory.store_backend.lock(
+            f"{start_worker.func_id}/{start_worker._get_args_id(1)}", 60
+        )
+        assert lock.try_acquire(), "the forked child still holds the entry's lock"
+        lock.release()
+    finally:
+        release.set()
+        for child in children:
+            child.join(WAIT)
+            assert child.exitcode == 0
+
+
+def test_lock_on_an_entry_folder_removed_meanwhile_recreates_the_folder(tmp_path: Path) -> None:
+    # An eviction or clear may remove the entry's folder between lock() and the acquisition;
+    # the lock must not leave a plain file where the folder belongs.
+    import warnings
+
+    memory = Memory(tmp_path, verbose=0)
+
+    @memory.cache
+    def f(x):
+        return x + 1
+
+    entry = f"{f.func_id}/{f._get_args_id(1)}"
+    store = memory.store_backend
+    lock = store.lock(entry, 60.0)
+    os.rmdir(store.path_of(entry))
+    assert lock.try_acquire()
+    try:
+        assert os.path.isdir(store.path_of(entry))
+    finally:
+        lock.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f(1) == 2
+        assert f(1) == 2
+    assert f.check_call_in_cache(1)
+
+
+def test_opening_a_new_index_waits_for_a_concurrent_writer(tmp_path: Path) -> None:
+    # Several processes opening a fresh cache together: one of them is switching the index
+    # to WAL or writing it while another opens it. SQLite answers "database is locked" at
+    # once (no busy wait) in that case; opening must wait, not fail the user's call.
+    import sqlite3
+
+    from parajob.memory._index import CacheIndex
+
+    path = str(tmp_path / "index.sqlite")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE IF NOT EXISTS early (x)")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO early VALUES (1)")
+        errors: list[BaseException] = []
+        index = CacheIndex(path)
+
+        def open_it() -> None:
+            try:
+                index.totals()
+            except BaseException as exc:
+                errors.append(exc)
+
+        opener = threading.Thread(target=open_it)
+        opener.start()
+        opener.join(0.5)
+        assert opener.is_alive() and not errors, f"gave up instead of waiting: {errors}"
+        other.execute("COMMIT")
+        opener.join(WAIT)
+        assert not opener.is_alive() and not errors, errors
+        assert index.totals() == (0, 0)
+        index.close()
+    finally:
+        other.close()
+
+
+def _call_cached_and_report(f: Any, queue: Any) -> None:
+    queue.put(f(2))
+
+
+def _acquire_and_report(store: Any, key: str, queue: Any) -> None:
+    from parajob.memory._lock import acquire as acquire_lock
+
+    lock = store.lock(key, 60.0)
+    got = acquire_lock(lock, 10.0)
+    if got:
+        lock.release()
+    queue.put(got)
+
+
+def test_child_forked_while_a_thread_writes_the_index_can_use_the_cache(
+    tmp_path: Path,
+) -> None:
+    # Another thread inside an index update when a worker is forked: the child inherits that
+    # thread's lock held by nobody, and must not hang on its first cached call.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    memory = Memory(tmp_path, verbose=0)
+
+    @memory.cache
+    def double(x):
+        return 2 * x
+
+    double(2)
+    index = memory.store_backend.index
+    inside, leave = threading.Event(), threading.Event()
+
+    def busy_writer() -> None:
+        with index._lock:  # as flush() holds it while it writes
+            inside.set()
+            leave.wait(WAIT)
+
+    writer = threading.Thread(target=busy_writer)
+    writer.start()
+    assert inside.wait(WAIT)
+    queue = ctx.Queue()
+    child = ctx.Process(target=_call_cached_and_report, args=(double, queue))
+    try:
+        child.start()
+        assert queue.get(timeout=30) == 4
+    finally:
+        leave.set()
+        writer.join(WAIT)
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join(WAIT)
+        queue.close()
+        queue.join_thread()
+    assert child.exitcode == 0
+
+
+def test_child_forked_while_a_lease_is_held_can_take_it_once_released(tmp_path: Path) -> None:
+    import multiprocessing
+
+    import pytest
+
+    pytest.importorskip("fsspec")
+    from parajob.memory import FSSpecStoreBackend
+
+    ctx = multiprocessing.get_context("fork")
+    store = FSSpecStoreBackend(f"file://{tmp_path}/store")
+    key = "m/f/abc"
+    lock = store.lock(key, 60.0)
+    assert lock.try_acquire()
+    queue = ctx.Queue()
+    child = ctx.Process(target=_acquire_and_report, args=(store, key, queue))
+    try:
+        child.start()
+        lock.release()  # the child must now get it, not wait for its lease to time out
+        assert queue.get(timeout=30) is True
+    finally:
+        child.join(WAIT)
+        queue.close()
+        queue.join_thread()
+    assert child.exitcode == 0

@@ -57,10 +57,65 @@ def test_damaged_entry_warns_is_removed_and_recomputed(tmp_path: Path, damage: s
     assert log == [1000, 1000]
 
 
+_LOAD_FAILURE: list[BaseException] = []
+
+
+def _rebuild_payload(value: int) -> Any:
+    if _LOAD_FAILURE:
+        raise _LOAD_FAILURE[0]
+    return _Payload(value)
+
+
+class _Payload:
+    """A result whose loading fails the way the environment can make it fail."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_payload, (self.value,))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [MemoryError(), ModuleNotFoundError("No module named 'gone'"), PermissionError(13, "denied")],
+    ids=["memory", "import", "permission"],
+)
+def test_entry_that_fails_to_load_for_lack_of_resources_is_kept(
+    tmp_path: Path, failure: BaseException
+) -> None:
+    # A valid entry that cannot be loaded right now (out of memory, a worker missing a
+    # module, a permission problem) is no damaged entry: removing it would lose a result
+    # that may have taken hours, even when the computation then fails too.
+    memory = Memory(tmp_path, verbose=0)
+    attempts: list[int] = []
+
+    @memory.cache
+    def expensive(x):
+        attempts.append(x)
+        if attempts[1:]:
+            raise RuntimeError("the recomputation fails as well")
+        return _Payload(x)
+
+    assert expensive(1).value == 1
+    _LOAD_FAILURE.append(failure)
+    try:
+        with (
+            pytest.warns(CacheWarning, match="could not be read"),
+            pytest.raises(RuntimeError, match="fails as well"),
+        ):
+            expensive(1)
+    finally:
+        _LOAD_FAILURE.clear()
+    assert len(outputs(tmp_path)) == 1
+    assert expensive(1).value == 1
+    assert attempts == [1, 1]
+
+
 def test_folders_and_files_are_private(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        memory = Memory(tmp_path / "cache", verbose=0)
+        memory = Memory(tmp_path / "new" / "cache", verbose=0)
 
         @memory.cache
         def f(x):
@@ -69,14 +124,37 @@ def test_folders_and_files_are_private(tmp_path: Path) -> None:
         f(1)
     finally:
         os.umask(old)
-    root = tmp_path / "cache" / "parajob"
-    folders = [root, *[p for p in root.rglob("*") if p.is_dir()]]
-    assert len(folders) >= 4
+    root = tmp_path / "new" / "cache" / "parajob"
+    # Every folder it made, the location's missing parents included.
+    folders = [root.parent.parent, root.parent, root]
+    folders += [p for p in root.rglob("*") if p.is_dir()]
+    assert len(folders) >= 6
     for folder in folders:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     for name in ("output.pkl", "metadata.json", "func_info.json"):
         for path in root.rglob(name):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+@pytest.mark.parametrize("loose", ["cache folder", "its parent"])
+def test_a_cache_others_can_write_to_is_reported(tmp_path: Path, loose: str) -> None:
+    # Anyone who can write in the cache can make this process run code (pickles): a cache
+    # folder made by someone else, or open to everyone, is worth a warning before use.
+    parent = tmp_path / "shared"
+    (parent / "parajob").mkdir(parents=True)
+    target = parent / "parajob" if loose == "cache folder" else parent
+    os.chmod(target, 0o777)
+    with pytest.warns(CacheWarning, match="can be written by other users"):
+        Memory(parent, verbose=0)
+    os.chmod(target, 0o700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Memory(parent, verbose=0)
+    if loose == "its parent":
+        os.chmod(parent, 0o777 | stat.S_ISVTX)  # sticky, like /tmp: others cannot rename
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Memory(parent, verbose=0)
 
 
 def test_hostile_function_names_stay_inside_the_cache(tmp_path: Path) -> None:
@@ -241,3 +319,31 @@ def test_hit_sweeps_nothing_and_lists_no_temporaries(tmp_path: Path) -> None:
     keys = [item.key for item in memory.store_backend.list("")]
     assert all(".parajob-tmp-" not in k and ".lock" not in k for k in keys)
     assert f(1) == 1
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_cache_folder_deleted_while_in_use_is_made_again(tmp_path: Path) -> None:
+    # "rm -rf cache/" while a notebook still uses it is the common way to start over: later
+    # calls must work and cache again, with an index that is a real file.
+    import shutil
+
+    memory = Memory(tmp_path, verbose=0, max_items=10)
+    f = memory.cache(_double)
+    assert f(1) == 2
+    shutil.rmtree(tmp_path / "parajob")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f(2) == 4
+        assert f(2) == 4
+        assert f(1) == 2
+    assert (tmp_path / "parajob" / "index.sqlite").is_file()
+    stats = memory.stats()
+    assert (stats.entries, stats.misses, stats.hits) == (2, 2, 1)
+    other = Memory(tmp_path, verbose=0)
+    assert other.cache(_double).check_call_in_cache(2)
+    assert other.stats().entries == 2
+    other.store_backend.close()
+    memory.store_backend.close()

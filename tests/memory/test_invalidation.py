@@ -182,3 +182,175 @@ def test_explain_reports_new_arguments_and_eviction(tmp_path: Path) -> None:
     assert "evicted" in str(explanation)
     square.clear(warn=False)
     assert square.explain(3).reason == "cleared"
+
+
+# Edits that change results without changing the bytecode of ``compute`` or of a plain
+# function it calls: each one must still invalidate (each was once a wrong cache hit).
+HIDDEN_V1 = {
+    "default of a helper": """
+        def helper(x, k=2):
+            return x * k
+        def compute(x):
+            return helper(x)
+    """,
+    "keyword-only default of a helper": """
+        def helper(x, *, k=2):
+            return x * k
+        def compute(x):
+            return helper(x)
+    """,
+    "helper under functools.lru_cache": """
+        import functools
+        @functools.lru_cache
+        def helper(x):
+            return x * 2
+        def compute(x):
+            return helper(x)
+    """,
+    "helper under a functools.wraps decorator": """
+        import functools
+        def logged(g):
+            @functools.wraps(g)
+            def wrapper(*args):
+                return g(*args)
+            return wrapper
+        @logged
+        def helper(x):
+            return x * 2
+        def compute(x):
+            return helper(x)
+    """,
+    "cached function under a functools.wraps decorator": """
+        import functools
+        def logged(g):
+            @functools.wraps(g)
+            def wrapper(*args):
+                return g(*args)
+            return wrapper
+        @logged
+        def compute(x):
+            return x * 2
+    """,
+    "class attribute": """
+        class Scaler:
+            K = 2
+            def apply(self, x):
+                return x * self.K
+        def compute(x):
+            return Scaler().apply(x)
+    """,
+    "method of a base class": """
+        class Base:
+            def apply(self, x):
+                return x * 2
+        class Scaler(Base):
+            pass
+        def compute(x):
+            return Scaler().apply(x)
+    """,
+    "helper made by a factory": """
+        def make(k):
+            def scale(x):
+                return x * k
+            return scale
+        helper = make(2)
+        def compute(x):
+            return helper(x)
+    """,
+}
+
+
+@pytest.mark.parametrize("case", sorted(HIDDEN_V1))
+def test_hidden_dependency_edits_invalidate(tmp_path: Path, modules: Any, case: str) -> None:
+    memory = Memory(tmp_path / "cache", verbose=0)
+    source = HIDDEN_V1[case]
+    assert memory.cache(modules(source).compute)(5) == 10
+    edited = source.replace("k=2", "k=3").replace("x * 2", "x * 3").replace("K = 2", "K = 3")
+    edited = edited.replace("make(2)", "make(3)")
+    assert edited != source
+    f2 = memory.cache(modules(edited).compute)
+    assert not f2.explain(5).hit
+    with pytest.warns(FunctionChangedWarning):
+        assert f2(5) == 15
+
+
+def test_closures_of_one_factory_do_not_share_results(tmp_path: Path, modules: Any) -> None:
+    memory = Memory(tmp_path / "cache", verbose=0)
+    m = modules(
+        """
+        import numpy as np
+        def double(x):
+            return 2 * x
+        def negate(x):
+            return -x
+        def make(transform, memory):
+            @memory.cache
+            def apply(x):
+                return transform(x)
+            return apply
+        """
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no invalidation ping-pong between the two
+        twice, minus, sine = m.make(m.double, memory), m.make(m.negate, memory), None
+        import numpy as np
+
+        sine, cosine = m.make(np.sin, memory), m.make(np.cos, memory)
+        for _ in range(2):
+            assert (twice(3), minus(3)) == (6, -3)
+            assert (sine(0.0), cosine(0.0)) == (0.0, 1.0)
+
+
+def test_switching_invalidation_modes_keeps_tracking(tmp_path: Path, modules: Any) -> None:
+    # Entries written with invalidation="none" have no fingerprint; turning tracking back on
+    # must adopt the current one rather than stop tracking for good.
+    memory = Memory(tmp_path / "cache", verbose=0)
+    cache_all(memory, modules(V1), invalidation="none")(1)
+    m2 = modules(V1)
+    assert cache_all(memory, m2, invalidation="code")(1) == 4  # same code: the entry stays
+    assert m2.CALLS == []
+    m3 = modules(V1.replace("* SCALE", "* SCALE * 10"))
+    f3 = cache_all(memory, m3, invalidation="code")
+    with pytest.warns(FunctionChangedWarning, match="code changed"):
+        assert f3(1) == 40
+
+
+def test_code_mode_and_dependency_mode_share_entries_without_ping_pong(
+    tmp_path: Path, modules: Any
+) -> None:
+    import warnings
+
+    memory = Memory(tmp_path / "cache", verbose=0)
+    m = modules(V1)
+    deps, code = cache_all(memory, m), cache_all(memory, m, invalidation="code")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert code(1) == 4
+        assert deps(1) == 4
+        assert code(1) == 4
+        fresh_code = cache_all(Memory(tmp_path / "cache", verbose=0), m, invalidation="code")
+        assert fresh_code(1) == 4
+    assert m.CALLS == [1]
+    # The dependency-mode fingerprint was recorded: a dependency edit is still seen.
+    m2 = modules(V1.replace("SCALE = 2", "SCALE = 3"))
+    with pytest.warns(FunctionChangedWarning, match="SCALE"):
+        assert cache_all(Memory(tmp_path / "cache", verbose=0), m2)(1) == 6
+
+
+def test_entries_written_after_a_clear_record_the_code_that_made_them(
+    tmp_path: Path, modules: Any
+) -> None:
+    # A process that keeps running after another cleared the cache (the CLI, memory.clear)
+    # writes new entries: they must be tied to its code, so an edited version sees them
+    # as stale instead of serving them.
+    m1 = modules(V1)
+    f1 = cache_all(Memory(tmp_path / "cache", verbose=0), m1)
+    f1(1)
+    Memory(tmp_path / "cache", verbose=0).clear(warn=False)
+    assert f1(2) == 6
+    m2 = modules(V1.replace("return helper(x) * SCALE", "return helper(x) * SCALE + 100"))
+    f2 = cache_all(Memory(tmp_path / "cache", verbose=0), m2)
+    with pytest.warns(FunctionChangedWarning, match="code changed"):
+        assert f2(2) == 106

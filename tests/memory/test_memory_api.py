@@ -465,3 +465,70 @@ def test_no_warnings_on_a_normal_hit(memory: Memory) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert f(1) == 5
+
+
+def test_memorized_func_and_result_accept_a_folder_as_joblib_does(tmp_path: Path) -> None:
+    from parajob.memory import Logger
+
+    log: list[Any] = []
+    direct = MemorizedFunc(counted(log), str(tmp_path), verbose=0)
+    assert direct(1) == direct(1) == 5
+    assert len(log) == 1
+    assert isinstance(direct, Logger)  # joblib's MemorizedFunc logs like Memory
+    ref = direct.call_and_shelve(1)
+    again = MemorizedResult(str(tmp_path), (ref.func_id, ref.args_id))
+    assert again.get() == 5
+    # The same cache as Memory(location) uses.
+    assert Memory(tmp_path, verbose=0).cache(direct.func).check_call_in_cache(1)
+
+
+def test_cache_over_staticmethod_and_classmethod_in_class_body(tmp_path: Path) -> None:
+    memory = Memory(tmp_path, verbose=0)
+    log: list[Any] = []
+
+    class Units:
+        scale = 10
+
+        @memory.cache
+        @staticmethod
+        def double(x):
+            log.append(("double", x))
+            return 2 * x
+
+        @memory.cache
+        @classmethod
+        def scaled(cls, x):
+            log.append(("scaled", x))
+            return cls.scale * x
+
+    assert Units.double(3) == Units().double(3) == 6
+    assert Units.scaled(3) == Units().scaled(3) == 30
+    assert log == [("double", 3), ("scaled", 3)]
+    assert Units().scaled.check_call_in_cache(3)
+
+
+def test_closures_capturing_different_data_do_not_share_entries(memory: Memory) -> None:
+    # A function decorated inside another one, reading what that one was given: the data
+    # selects the result as much as an argument does.
+    def total(data: Any) -> int:
+        @memory.cache
+        def plus(x):
+            return x + int(np.sum(data["values"]))
+
+        return plus(1)
+
+    assert total({"values": [1]}) == 2
+    assert total({"values": np.arange(3)}) == 4
+    assert total({"values": [1]}) == 2
+
+    class Unhashable:
+        def __reduce__(self) -> Any:
+            raise TypeError("no")
+
+    lock = Unhashable()
+
+    @memory.cache
+    def uses_state(x):
+        return (x, lock is not None)
+
+    assert uses_state(1) == (1, True)  # a capture that cannot be hashed is left out

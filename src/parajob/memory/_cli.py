@@ -163,6 +163,10 @@ def _prune(memory: Any, args: argparse.Namespace, out: TextIO) -> None:
     from parajob.memory._func import evict
 
     store = memory.store_backend
+    # Re-sync the index with the files first: entries a killed writer never indexed count
+    # for the limits too, and rows of entries removed by hand are dropped.
+    started = time.time()
+    store.index.reconcile(store.scan_entries(), started)
     before = store.index.totals()
     if args.function:
         func = _match_function(memory, args.function)

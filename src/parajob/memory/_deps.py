@@ -44,11 +44,15 @@ __all__ = [
     "fingerprint",
     "is_plain_constant",
     "is_user_module",
+    "unwrap_layers",
 ]
 
 _PLAIN_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 _MAX_CONSTANT_ITEMS = 10_000
 _MAX_DEPTH = 50
+_MAX_WRAPPED = 20
+# Labels of explicit dependencies start with this; both tracking modes record them.
+EXPLICIT = "depends_on["
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,13 +143,47 @@ def is_plain_constant(value: Any) -> bool:
 
 
 def _unwrap_callable(obj: Any) -> Any:
-    # A cached function calling another cached function depends on the inner function.
-    inner = getattr(obj, "__wrapped__", None)
-    if inner is not None and getattr(obj, "_parajob_memorized", False):
-        return inner
     if isinstance(obj, (staticmethod, classmethod)):
         return obj.__func__
     return obj
+
+
+def unwrap_layers(obj: Any) -> list[Any]:
+    """Return ``obj`` and what it wraps, outermost first, through ``__wrapped__``.
+
+    Decorators made with :func:`functools.wraps`, ``functools.lru_cache`` and cached functions
+    all set ``__wrapped__``: the code that runs is the wrapper's *and* the wrapped function's.
+    """
+    layers = [obj]
+    while len(layers) < _MAX_WRAPPED and not isinstance(obj, type):
+        try:
+            inner = getattr(obj, "__wrapped__", None)
+        except Exception:  # a proxy whose __getattr__ raises something else
+            break
+        if inner is None or any(inner is seen for seen in layers):
+            break
+        layers.append(inner)
+        obj = inner
+    return layers
+
+
+def _value_or_type(value: Any) -> str:
+    # Plain data by value; anything else by its type only: a mutable default (``memo={}``)
+    # or captured object changes as the program runs, and keying on its content would make
+    # the fingerprint depend on what ran before the first call.
+    if is_plain_constant(value):
+        return digest(value)
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _defaults_text(fn: Any) -> str:
+    defaults = getattr(fn, "__defaults__", None) or ()
+    kwdefaults = getattr(fn, "__kwdefaults__", None) or {}
+    if not defaults and not kwdefaults:
+        return ""
+    parts = [_value_or_type(v) for v in defaults]
+    parts += [f"{k}={_value_or_type(v)}" for k, v in sorted(kwdefaults.items())]
+    return ";".join(parts)
 
 
 @dataclass
@@ -182,8 +220,12 @@ class Fingerprint:
         """Return a JSON-ready description."""
         return {"code": self.code, "deps": dict(sorted(self.deps.items()))}
 
-    def change_from(self, stored: dict[str, Any] | None) -> str | None:
-        """Say how this fingerprint differs from a stored one, or None when it does not."""
+    def change_from(self, stored: dict[str, Any] | None, explicit_only: bool = False) -> str | None:
+        """Say how this fingerprint differs from a stored one, or None when it does not.
+
+        ``explicit_only`` compares the code and the ``depends_on`` entries only: what every
+        tracking mode records, for comparing fingerprints made in different modes.
+        """
         if not isinstance(stored, dict):
             return None
         if stored.get("code") != self.code:
@@ -191,9 +233,13 @@ class Fingerprint:
         old = stored.get("deps") or {}
         if not isinstance(old, dict):
             old = {}
-        changed = sorted(k for k in self.deps if k in old and old[k] != self.deps[k])
-        added = sorted(k for k in self.deps if k not in old)
-        removed = sorted(k for k in old if k not in self.deps)
+        new = self.deps
+        if explicit_only:
+            old = {k: v for k, v in old.items() if k.startswith(EXPLICIT)}
+            new = {k: v for k, v in new.items() if k.startswith(EXPLICIT)}
+        changed = sorted(k for k in new if k in old and old[k] != new[k])
+        added = sorted(k for k in new if k not in old)
+        removed = sorted(k for k in old if k not in new)
         parts = []
         if changed:
             parts.append(f"dependency {', '.join(changed)} changed")
@@ -211,18 +257,59 @@ class _Collector:
         self.watch = Watch()
         self._seen: set[int] = set()
 
-    def add_function(self, fn: Any, depth: int) -> str | None:
+    def add_function(self, fn: Any, depth: int, as_dependency: bool = True) -> str | None:
+        """Return the digest of ``fn`` and, when following, record what it depends on.
+
+        A dependency's digest covers its defaults and captured constants too (``helper(x,
+        k=2)`` edited to ``k=3`` changes what the cached function returns). The cached
+        function's own defaults and captured values are part of every key instead, so they
+        are left out of its digest: two closures of one factory must not look like edits of
+        each other.
+        """
         code = getattr(fn, "__code__", None)
         if not isinstance(code, types.CodeType):
             return None
         self.watch.codes.append((fn, code))
         result = code_digest(code)
+        if as_dependency:
+            extra = _defaults_text(fn)
+            cells = self._closure_constants(fn)
+            if extra or cells:
+                result = xxhash.xxh3_128_hexdigest(f"{result}|{extra}|{cells}".encode())
         if self.follow and depth < _MAX_DEPTH and id(fn) not in self._seen:
             self._seen.add(id(fn))
             namespace = getattr(fn, "__globals__", None)
             if isinstance(namespace, dict):
                 self._scan_globals(namespace, _names_read(code), depth + 1)
+            if as_dependency:
+                self._scan_closure(fn, depth + 1)
         return result
+
+    @staticmethod
+    def _closure_constants(fn: Any) -> str:
+        parts = []
+        names = fn.__code__.co_freevars
+        for name, cell in zip(names, getattr(fn, "__closure__", None) or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if is_plain_constant(value):
+                parts.append(f"{name}={digest(value)}")
+        return ";".join(parts)
+
+    def _scan_closure(self, fn: Any, depth: int) -> None:
+        # Functions a dependency captured (a helper made by a factory, the function a
+        # decorator wrapped) are dependencies too.
+        owner = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', '?')}"
+        names = fn.__code__.co_freevars
+        for name, cell in zip(names, getattr(fn, "__closure__", None) or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(value) and not is_plain_constant(value):
+                self._add_object(f"{owner}:{name}", value, depth, ())
 
     def _scan_globals(self, namespace: dict[str, Any], names: Iterable[str], depth: int) -> None:
         module_name = namespace.get("__name__")
@@ -234,6 +321,57 @@ class _Collector:
             if self._add_object(label, value, depth, names):
                 self.watch.names.append((namespace, name, value))
 
+    def _add_callable(self, label: str, value: Any, depth: int) -> bool:
+        # A function, or something wrapping functions (decorators, lru_cache, partial,
+        # cached functions): the digest covers every layer's code.
+        layers = unwrap_layers(value)
+        extra = ""
+        if isinstance(layers[-1], functools.partial):
+            part = layers[-1]
+            extra = ";".join(_value_or_type(v) for v in (*part.args, *part.keywords.values()))
+            layers.append(part.func)
+        funcs = [f for f in layers if isinstance(f, types.FunctionType)]
+        if not funcs or not any(is_user_module(getattr(f, "__module__", None)) for f in funcs):
+            return False
+        if label not in self.deps:
+            self.deps[label] = ""  # reserve, so recursion through cycles stops
+            digests = [self.add_function(f, depth) or "" for f in funcs]
+            if len(digests) == 1 and not extra:
+                self.deps[label] = digests[0]
+            else:
+                text = "|".join(digests) + f"|{extra}"
+                self.deps[label] = xxhash.xxh3_128_hexdigest(text.encode())
+        return True
+
+    def _add_class(self, label: str, value: type, depth: int) -> bool:
+        if not is_user_module(getattr(value, "__module__", None)):
+            return False
+        if label in self.deps:
+            return True
+        self.deps[label] = ""
+        h = xxhash.xxh3_128()
+        for attr, member in sorted(vars(value).items()):
+            # Dunder bookkeeping (__module__, __dict__, __firstlineno__, ...) is skipped;
+            # dunder methods that change behaviour (__init__, __call__, ...) are not.
+            is_dunder = attr.startswith("__") and attr.endswith("__")
+            if is_dunder and not isinstance(
+                member, (types.FunctionType, staticmethod, classmethod)
+            ):
+                continue
+            member = _unwrap_callable(member)
+            if isinstance(member, property):
+                member = member.fget
+            if isinstance(member, types.FunctionType):
+                h.update(f"{attr}:{self.add_function(member, depth)};".encode())
+            elif is_plain_constant(member):
+                h.update(f"{attr}={digest(member)};".encode())
+        self.deps[label] = h.hexdigest()
+        # Methods and attributes inherited from the user's own base classes count as well.
+        for base in value.__mro__[1:]:
+            if base is not object:
+                self._add_class(f"{base.__module__}.{base.__qualname__}", base, depth + 1)
+        return True
+
     def _add_object(self, label: str, value: Any, depth: int, names: Iterable[str]) -> bool:
         value = _unwrap_callable(value)
         if isinstance(value, types.ModuleType):
@@ -243,27 +381,9 @@ class _Collector:
             attrs = vars(value)
             self._scan_globals(attrs, [n for n in names if n in attrs], depth)
             return True
-        if isinstance(value, types.FunctionType):
-            if not is_user_module(getattr(value, "__module__", None)):
-                return False
-            if label not in self.deps:
-                self.deps[label] = ""  # reserve, so recursion through cycles stops
-                self.deps[label] = self.add_function(value, depth) or ""
-            return True
         if isinstance(value, type):
-            if not is_user_module(getattr(value, "__module__", None)):
-                return False
-            if label not in self.deps:
-                self.deps[label] = ""
-                h = xxhash.xxh3_128()
-                for attr, member in sorted(vars(value).items()):
-                    member = _unwrap_callable(member)
-                    if isinstance(member, property):
-                        member = member.fget
-                    sub = self.add_function(member, depth) if callable(member) else None
-                    if sub is not None:
-                        h.update(f"{attr}:{sub};".encode())
-                self.deps[label] = h.hexdigest()
+            return self._add_class(label, value, depth)
+        if callable(value) and self._add_callable(label, value, depth):
             return True
         if _plain_data(value, [_MAX_CONSTANT_ITEMS]):
             self.deps[label] = digest(value)
@@ -273,7 +393,7 @@ class _Collector:
     def add_explicit(self, index: int, obj: Any) -> None:
         obj = _unwrap_callable(obj)
         name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-        label = f"depends_on[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+        label = f"{EXPLICIT}{index}]" + (f" ({name})" if isinstance(name, str) else "")
         if isinstance(obj, types.ModuleType):
             path = getattr(obj, "__file__", None)
             if path and os.path.exists(path):
@@ -282,9 +402,10 @@ class _Collector:
             else:
                 self.deps[label] = digest(sorted(vars(obj)))
         elif isinstance(obj, (types.FunctionType, type)):
-            module = getattr(obj, "__module__", "") or ""
-            self._add_object(f"{module}.{name}", obj, 0, ())
-            self.deps[label] = self.deps.pop(f"{module}.{name}", "") or digest(obj)
+            # Recorded under its own label even when the automatic scan found it as well.
+            key = f"\x00explicit {index}"
+            self._add_object(key, obj, 0, ())
+            self.deps[label] = self.deps.pop(key, "") or digest(obj)
         else:
             self.deps[label] = digest(obj)
 
@@ -296,7 +417,15 @@ def fingerprint(func: Any, depends_on: list[Any], follow: bool) -> tuple[Fingerp
     while isinstance(target, functools.partial):
         target = target.func
     target = getattr(target, "__func__", target)
-    own = collector.add_function(target, 0)
+    # A decorated function runs its wrappers' code and the wrapped function's: all count.
+    digests = [
+        collector.add_function(layer, 0, as_dependency=False)
+        for layer in unwrap_layers(target)
+        if isinstance(layer, types.FunctionType)
+    ]
+    own = digests[0] if len(digests) == 1 else None
+    if len(digests) > 1:
+        own = xxhash.xxh3_128_hexdigest("|".join(d or "" for d in digests).encode())
     if own is None:
         # A builtin or callable object: identify it by its value as far as hashing can.
         try:

@@ -17,11 +17,15 @@ FunctionChangedWarning that says what changed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import reprlib
 import time
+import types
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +34,18 @@ import xxhash
 
 from parajob.errors import CacheWarning, FunctionChangedWarning, InvalidParameterError
 from parajob.hashing import digest
-from parajob.memory._deps import Fingerprint, Watch, fingerprint, is_plain_constant
+from parajob.memory._deps import (
+    Fingerprint,
+    Watch,
+    fingerprint,
+    is_plain_constant,
+    unwrap_layers,
+)
 from parajob.memory._lock import acquire, acquire_async
+from parajob.memory._logging import Logger
 from parajob.memory._naming import ArgumentBinder, function_folder, unwrap
 from parajob.memory._results import CacheStats, Explanation, MemorizedResult, NotMemorizedResult
-from parajob.memory._store import FUNC_INFO, METADATA, OUTPUT, StoreBackendBase
+from parajob.memory._store import FUNC_INFO, METADATA, OUTPUT, StoreBackendBase, as_store
 
 __all__ = [
     "AsyncMemorizedFunc",
@@ -46,8 +57,10 @@ __all__ = [
 ]
 
 INVALIDATION_MODES = ("dependencies", "code", "none")
+_STRENGTH = {"none": 0, "code": 1, "dependencies": 2}
 
 _MISS = object()
+_salts: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 _SCALAR_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 _SCALAR_TAG = b"parajob.memory.scalars/1\x00"
 _repr = reprlib.Repr()
@@ -75,10 +88,28 @@ def evict(store: StoreBackendBase, victims: list[tuple[str, str]], reason: str) 
     if not victims:
         return
     # Files first, then rows: a process killed in between leaves rows without files, which
-    # read as misses and are replaced on the next write; the reverse would leak files.
+    # read as misses and are replaced on the next write; the reverse would leak files. Rows
+    # written after ``before`` belong to entries stored again meanwhile, and stay.
+    before = time.time()
     store.delete_many([f"{func}/{args}" for func, args in victims])
-    store.index.forget(victims, reason)
+    store.index.forget(victims, reason, before)
     store.finish_deletes()
+
+
+def _not_the_entrys_fault(exc: BaseException) -> bool:
+    """Return True if loading failed because of this process, not because of the entry."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the error or what caused it (persistence wraps some)
+        if seen is None:
+            break
+        if isinstance(seen, (MemoryError, ImportError)):
+            return True
+        if isinstance(seen, OSError) and not isinstance(
+            seen, (NotADirectoryError, IsADirectoryError)
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _reason_kind(change: str) -> str:
@@ -132,7 +163,7 @@ class AsyncNotMemorizedFunc(NotMemorizedFunc):
         return NotMemorizedResult(await self.func(*args, **kwargs))
 
 
-class MemorizedFunc:
+class MemorizedFunc(Logger):
     """A function whose results are cached on disk, keyed by its arguments.
 
     Made by :meth:`Memory.cache`; calling it returns the cached result when there is one and
@@ -142,10 +173,12 @@ class MemorizedFunc:
     ----------
     func : callable
         The function to cache.
-    location : StoreBackendBase
-        The store (``Memory.store_backend``).
+    location : StoreBackendBase, str or os.PathLike
+        The store (``Memory.store_backend``), or a location as given to :class:`Memory`
+        (the same cache as ``Memory(location)`` uses).
     backend : str, default "local"
-        Kept for joblib's signature; the store is given directly.
+        The store backend to open when ``location`` is a folder or URL (unused when it is
+        a store).
     ignore : list of str, optional
         Argument names left out of the key.
     mmap_mode : {None, "r", "r+", "c", "w+"}, optional
@@ -177,7 +210,7 @@ class MemorizedFunc:
     def __init__(
         self,
         func: Callable[..., Any],
-        location: StoreBackendBase,
+        location: StoreBackendBase | str | os.PathLike[str],
         backend: str = "local",
         ignore: list[str] | None = None,
         mmap_mode: str | None = None,
@@ -200,9 +233,18 @@ class MemorizedFunc:
                 f"depends_on={depends_on!r} has no effect with invalidation='none'; use "
                 f"invalidation='code' or 'dependencies', or drop depends_on"
             )
+        Logger.__init__(self)
+        # Decorating a staticmethod or classmethod object in a class body: bind like it would.
+        self._binding = (
+            "static"
+            if isinstance(func, staticmethod)
+            else "class"
+            if isinstance(func, classmethod)
+            else None
+        )
         func = unwrap(func)
         self.func = func
-        self.store_backend = location
+        self.store_backend = as_store(location, backend)
         self.backend = backend
         self.ignore = list(ignore or [])
         self.mmap_mode = mmap_mode
@@ -223,12 +265,30 @@ class MemorizedFunc:
             pass  # callables without __name__ (ufuncs, partials)
         self.__doc__ = f"Memoized version of {getattr(func, '__doc__', None) or func!r}"
 
-    def _setup(self) -> None:
+    def _setup(self, salt: str | None = None) -> None:
         self._binder = ArgumentBinder(self.func, self.ignore)
         self._watch: Watch | None = None
         self._fingerprint: Fingerprint | None = None
-        self._salt = self._compute_salt()
+        self._salt = salt if salt is not None else self._salt_of_func()
         self._coerce = self.mmap_mode is not None
+
+    def _salt_of_func(self) -> str:
+        # What a closure captured is keyed as it was when the function object was first
+        # cached in this process: caching it again (Memory.eval, another Memory) after it
+        # mutated what it captured (a log list) must find the same entries. A copy sent to
+        # another process carries its salt (see __getstate__).
+        try:
+            by_mode = _salts.get(self.func)
+        except TypeError:  # not weakly referable or not hashable
+            return self._compute_salt()
+        if by_mode is None:
+            by_mode = {}
+            with contextlib.suppress(TypeError):
+                _salts[self.func] = by_mode
+        salt = by_mode.get(self.invalidation)
+        if salt is None:
+            salt = by_mode[self.invalidation] = self._compute_salt()
+        return salt
 
     def _compute_salt(self) -> str:
         # Values baked into the callable (a partial's arguments, a closure's cells) change its
@@ -238,21 +298,47 @@ class MemorizedFunc:
         while isinstance(func, functools.partial):
             parts.append((func.args, func.keywords))
             func = func.func
-        cells = getattr(getattr(func, "__func__", func), "__closure__", None) or ()
-        values = []
-        for cell in cells:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell (a name assigned later)
-                continue
-            # Immutable plain values (``k`` in ``lambda x: x * k``) select different results;
-            # mutable ones (a log list, a client object) are state, not inputs, and keying on
-            # them would make every call a miss, as with module-level constants.
-            if is_plain_constant(value):
-                values.append(value)
+        base = getattr(func, "__func__", func)
+        values: list[Any] = []
+        for layer in unwrap_layers(base):
+            for cell in getattr(layer, "__closure__", None) or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell (a name assigned later)
+                    continue
+                # What a closure captured selects its results as much as an argument does
+                # (``k`` in ``lambda x: x * k``, the data an enclosing function was given,
+                # the ``transform`` of a factory making one cached ``apply`` each), so it is
+                # keyed by value, as it is when the function is cached. Functions by their
+                # code; objects that cannot be hashed (a lock, a client) by type only.
+                if is_plain_constant(value):
+                    values.append(value)
+                elif callable(value) and not isinstance(value, type):
+                    values.append(self._callable_identity(value))
+                else:
+                    try:
+                        values.append(digest(value))
+                    except Exception:
+                        values.append(f"<{type(value).__module__}.{type(value).__qualname__}>")
         if not parts and not values:
             return ""
         return digest((parts, values))
+
+    def _callable_identity(self, value: Any) -> str:
+        # How a captured function is told apart: Python functions by name only when code
+        # edits must not count (invalidation="none"), else by their code and, with
+        # "dependencies", by what they depend on, so an edit selects new entries. Other
+        # callables (builtins, ufuncs) by name; callable objects (a model with __call__) by
+        # type only, like any captured object: hashing their state is not done here.
+        base = getattr(value, "__func__", value)
+        name = getattr(base, "__qualname__", None) or getattr(base, "__name__", None)
+        if not isinstance(name, str):
+            return f"<{type(value).__module__}.{type(value).__qualname__}>"
+        label = f"{getattr(base, '__module__', None)}.{name}"
+        if self.invalidation == "none" or not isinstance(base, types.FunctionType):
+            return label
+        fp, _ = fingerprint(base, [], self.invalidation == "dependencies")
+        return f"{label}:{fp.code}:{sorted(fp.deps.items())}"
 
     # -- fingerprint ---------------------------------------------------------------------------
 
@@ -280,6 +366,26 @@ class MemorizedFunc:
             return None, Watch()
         return fingerprint(self.func, self.depends_on, self.invalidation == "dependencies")
 
+    def _compare(self, fp: Fingerprint | None, stored: dict[str, Any]) -> tuple[str | None, bool]:
+        """Return what changed since ``stored`` (or None) and whether to record ``fp``.
+
+        Fingerprints made in different modes are compared on what both record (the code and
+        ``depends_on``), so a ``"code"`` and a ``"dependencies"`` user of one cache do not
+        undo each other; the stronger record is kept. A record without a fingerprint (made
+        with ``invalidation="none"``) is replaced by the current one.
+        """
+        if fp is None:
+            return None, False
+        old = stored.get("fingerprint")
+        if not isinstance(old, dict):
+            return None, True
+        mode = stored.get("invalidation", self.invalidation)
+        if mode == self.invalidation:
+            return fp.change_from(old), False
+        change = fp.change_from(old, explicit_only=True)
+        stronger = _STRENGTH.get(str(mode), 0) > _STRENGTH[self.invalidation]
+        return change, change is None and not stronger
+
     def _ensure_current(self) -> None:
         watch = self._watch
         if watch is not None and watch.unchanged():
@@ -288,10 +394,12 @@ class MemorizedFunc:
         stored = self._read_func_info()
         if stored is None:
             self._write_func_info(fp)
-        elif fp is not None:
-            change = fp.change_from(stored.get("fingerprint"))
-            if change is not None:
+        else:
+            change, record = self._compare(fp, stored)
+            if change is not None and fp is not None:
                 self._invalidate(fp, change)
+            elif record:
+                self._write_func_info(fp)
         self._fingerprint, self._watch = fp, watch
 
     def _invalidate(self, fp: Fingerprint, change: str) -> None:
@@ -301,7 +409,7 @@ class MemorizedFunc:
         try:
             # Another process may have done this while we waited; check again under the lock.
             stored = self._read_func_info()
-            if stored is not None and fp.change_from(stored.get("fingerprint")) is None:
+            if stored is not None and self._compare(fp, stored)[0] is None:
                 return
             count = sum(1 for _ in store.index.entries(self.func_id))
             warnings.warn(
@@ -312,11 +420,12 @@ class MemorizedFunc:
                 ),
                 stacklevel=5,
             )
+            before = time.time()
             for item in list(store.list(self.func_id)):
                 parts = item.key.split("/")
                 if len(parts) == 4 and parts[3] == OUTPUT:
                     store.delete("/".join(parts[:3]))
-            store.index.forget_function(self.func_id, f"{_reason_kind(change)}|{change}")
+            store.index.forget_function(self.func_id, f"{_reason_kind(change)}|{change}", before)
             self._write_func_info(fp)
         finally:
             if got:
@@ -375,6 +484,19 @@ class MemorizedFunc:
         except FileNotFoundError:
             return _MISS
         except Exception as exc:  # a damaged entry: any error of unpickling, not just ours
+            if _not_the_entrys_fault(exc):
+                # Out of memory, a module this process cannot import, a permission problem:
+                # the entry may be fine. Compute (a success replaces it), but do not remove
+                # a result that may have taken hours because this process cannot read it.
+                warnings.warn(
+                    CacheWarning(
+                        f"the cached result of {self.func_id} at {store.location}/{entry} "
+                        f"could not be read ({type(exc).__name__}: {exc}); it is being "
+                        f"computed again (the stored entry is kept)"
+                    ),
+                    stacklevel=4,
+                )
+                return _MISS
             warnings.warn(
                 CacheWarning(
                     f"the cached result of {self.func_id} at {store.location}/{entry} could "
@@ -424,6 +546,10 @@ class MemorizedFunc:
             "time": time.time() - duration,
         }
         store.index.record_miss(self.func_id, duration)
+        if not store.exists(f"{self.func_id}/{FUNC_INFO}"):
+            # The cache was cleared since this process checked the function: record again
+            # which code this entry comes from, or another version would take it for its own.
+            self._write_func_info(self._fingerprint)
         size = self._store(entry, output, metadata)
         if size is not None:
             store.index.record_store(self.func_id, args_id, size, duration)
@@ -437,7 +563,9 @@ class MemorizedFunc:
         if self._verbose > 0:
             print(f"[Memory] {self.func_id.replace('/', '.')} computed in {duration:.3f}s")
         if shelving:
-            if size is None:
+            evicted = self.limits.active and size is not None
+            if size is None or (evicted and not store.exists(f"{entry}/{OUTPUT}")):
+                # Not stored, or larger than the limits allow: hold the value itself.
                 return NotMemorizedResult(output), metadata
             return MemorizedResult(
                 store, (self.func_id, args_id), mmap_mode=self.mmap_mode, metadata=metadata
@@ -575,8 +703,8 @@ class MemorizedFunc:
 
         fp, _ = self._current_fingerprint()
         stored = self._read_func_info()
-        if fp is not None and stored is not None:
-            change = fp.change_from(stored.get("fingerprint"))
+        if stored is not None:
+            change = self._compare(fp, stored)[0]
             if change is not None:
                 return result(
                     False, _reason_kind(change), f"miss: {change} since the cache was written"
@@ -610,8 +738,9 @@ class MemorizedFunc:
         if warn and self._verbose > 0:
             print(f"[Memory] Clearing the cache of {self.func_id.replace('/', '.')}")
         store = self.store_backend
+        before = time.time()
         store.delete(self.func_id)
-        store.index.forget_function(self.func_id, "cleared|cleared")
+        store.index.forget_function(self.func_id, "cleared|cleared", before)
         fp, watch = self._current_fingerprint()
         self._write_func_info(fp)
         self._fingerprint, self._watch = fp, watch
@@ -638,21 +767,27 @@ class MemorizedFunc:
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         # Decorating a method in a class body: bind like a function does, with the instance
         # as the first argument (and so part of the key unless ignored).
+        binding = getattr(self, "_binding", None)
+        if binding == "static":
+            return self
+        if binding == "class":
+            return _BoundMemorizedFunc(self, owner if owner is not None else type(instance))
         if instance is None:
             return self
         return _BoundMemorizedFunc(self, instance)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_binder", "_watch", "_fingerprint", "_salt", "_coerce", "__wrapped__"):
+        for name in ("_binder", "_watch", "_fingerprint", "_coerce", "__wrapped__"):
             state.pop(name, None)
         state["timestamp"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        salt = state.pop("_salt", None)
         self.__dict__.update(state)
         self.__wrapped__ = self.func
-        self._setup()
+        self._setup(salt)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(func={self.func}, location={self.store_backend.location})"

@@ -7,8 +7,15 @@ every process, and a process killed mid-transaction leaves the previous state.
 
 Hits are frequent and cheap, so they are buffered in memory and written in batches (every
 ``_FLUSH_EVERY`` hits, every ``_FLUSH_SECONDS`` seconds, before any store, limit check or stats
-query, and at exit); LRU order is therefore exact up to that delay. Writes of new entries go
-to the database at once.
+query, when the index is dropped, and at exit); LRU order is therefore exact up to that delay.
+Writes of new entries go to the database at once. One process keeps one index (and one
+connection) per cache, shared by every store object on it (:meth:`CacheIndex.shared`): cached
+functions unpickled in a worker for each task add no connections and lose no hits.
+
+Removals race with writers: another process may write an entry again between the removal of
+its files and the removal of its row. Rows are therefore removed only if written before the
+removal began (``before``), so the index can hold a row whose files are gone (it reads as a
+miss and is replaced or evicted) but never misses an entry that exists.
 
 Tables: ``entries`` (one row per stored entry), ``functions`` (counters per function),
 ``removed`` (recently removed entries and why, for ``explain``), ``totals`` (entry count and
@@ -19,12 +26,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +92,31 @@ class FunctionCounters:
     saved_seconds: float = 0.0
 
 
+_BUSY_SECONDS = 60.0
+_Found = tuple[str, str, int, float]  # (function folder, argument key, size, mtime)
+
+
+def _retry_while_busy(step: Callable[[], None]) -> None:
+    # SQLite's busy timeout does not cover every contention: switching a new database to WAL,
+    # or a lock upgrade that could deadlock, fails with "database is locked" at once. That
+    # happens when several processes open a fresh cache together; wait for them instead.
+    deadline = time.monotonic() + _BUSY_SECONDS
+    wait = 0.001
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, 0.05)
+
+
 _open_indexes: weakref.WeakSet[CacheIndex] = weakref.WeakSet()
+_shared: weakref.WeakValueDictionary[str, CacheIndex] = weakref.WeakValueDictionary()
+_shared_guard = threading.Lock()
 
 
 def _flush_all_at_exit() -> None:
@@ -94,6 +126,26 @@ def _flush_all_at_exit() -> None:
 
 
 atexit.register(_flush_all_at_exit)
+
+# Connections inherited through fork: SQLite forbids using them in the child, closing
+# included, so the child keeps them unused and opens its own.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _reset_after_fork() -> None:
+    global _shared_guard
+    # A thread of the parent may have held these locks at the fork; it does not exist here.
+    _shared_guard = threading.Lock()
+    for index in list(_open_indexes):
+        index._lock = threading.RLock()
+        if index._conn is not None:
+            _inherited_connections.append(index._conn)
+            index._conn = None
+        index._own_buffer()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class CacheIndex:
@@ -116,7 +168,38 @@ class CacheIndex:
         self._last_flush = time.time()
         self._buffer_pid = os.getpid()
         self.created_fresh = False
+        self._file_id: tuple[int, int] | None = None
+        self._scan: Callable[[], Callable[[], Iterable[_Found]] | None] | None = None
         _open_indexes.add(self)
+
+    @classmethod
+    def shared(cls, key: str, path: str | None) -> CacheIndex:
+        """Return this process's index for ``key`` (made on first use)."""
+        with _shared_guard:
+            index = _shared.get(key)
+            if index is None:
+                index = _shared[key] = cls(path)
+            return index
+
+    def seed_once(self, scan: Callable[[], Iterable[_Found]]) -> None:
+        """Index what ``scan()`` finds whenever the database is created (now or later)."""
+        with self._lock:
+            # Weakly: the index must not keep a store alive (it would make a cycle, freed
+            # only by the garbage collector, delaying the flush of its buffered hits).
+            self._scan = weakref.WeakMethod(scan) if inspect.ismethod(scan) else lambda: scan
+            self._connection()
+            if self.created_fresh:
+                self.created_fresh = False
+                self.add_found(scan())
+
+    def __del__(self) -> None:
+        # The last store using this index is gone: write its buffered hits (a cached function
+        # unpickled for one task must not lose them). Never raise from a finaliser.
+        with contextlib.suppress(Exception):
+            if self._conn is not None and self._pid == os.getpid():
+                if self._pending or self._pending_misses:
+                    self.flush()
+                self._conn.close()
 
     def _own_buffer(self) -> None:
         # After a fork, the buffered events (and the connection) belong to the parent.
@@ -131,26 +214,66 @@ class CacheIndex:
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
         if conn is not None and self._pid == os.getpid():
-            return conn
+            if self.path is None or self._file_is_ours():
+                return conn
+            # The database file was deleted or replaced (someone removed the cache folder to
+            # start over): the connection would keep writing an unlinked file nobody else
+            # sees. Open the one at the path now.
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._conn = None
+        if self.path is not None:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         fresh = self.path is None or not os.path.exists(self.path)
         target = self.path if self.path is not None else ":memory:"
-        conn = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            target, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        try:
+            _retry_while_busy(lambda: self._set_up(conn))
+            if self.path is not None:
+                st = os.stat(self.path)
+                self._file_id = (st.st_dev, st.st_ino)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        self.created_fresh = fresh
+        scan = self._scan() if self._scan is not None else None
+        if fresh and scan is not None:
+            self.created_fresh = False
+            self._insert_found(conn, scan())
+        return conn
+
+    def _file_is_ours(self) -> bool:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file_id
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
         if self.path is not None:
-            conn.execute("PRAGMA journal_mode=WAL")
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt; the
             # index is advisory (the files are the truth), so that is the right trade.
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
-        self._conn, self._pid = conn, os.getpid()
-        self.created_fresh = fresh
-        return conn
 
     def close(self) -> None:
-        """Write buffered hits and close the database."""
+        """Write buffered hits and close the database (reopened if used again).
+
+        An in-memory index is only flushed: closing it would lose it for the other stores
+        sharing it.
+        """
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 with contextlib.suppress(sqlite3.Error):
                     self.flush()
+                if self.path is None:
+                    return
                 self._conn.close()
             self._conn = None
 
@@ -267,51 +390,107 @@ class CacheIndex:
     def add_found(self, records: Iterable[tuple[str, str, int, float]]) -> None:
         """Index entries found by a listing ``(func, args, size, mtime)``, keeping known ones."""
         with self._lock:
+            self._insert_found(self._connection(), records)
+
+    def _insert_found(
+        self, conn: sqlite3.Connection, records: Iterable[tuple[str, str, int, float]]
+    ) -> None:
+        with self._transaction(conn):
+            conn.executemany(
+                "INSERT OR IGNORE INTO entries (func, args, size, created, last_access, "
+                "duration) VALUES (?, ?, ?, ?, ?, 0)",
+                [(f, a, s, m, m) for f, a, s, m in records],
+            )
+
+    def reconcile(
+        self, found: Iterable[tuple[str, str, int, float]], before: float
+    ) -> tuple[int, int]:
+        """Make the index match a listing ``(func, args, size, mtime)`` taken after ``before``.
+
+        Entries the listing found and the index lacks are added (a writer killed between its
+        commit and its index update leaves those); rows older than ``before`` whose entry
+        the listing did not find are dropped. Returns ``(added, dropped)``.
+        """
+        records = [(f, a, s, m, m) for f, a, s, m in found]
+        with self._lock:
+            self.flush()
             conn = self._connection()
             with self._transaction(conn):
+                conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS listed (func TEXT, args TEXT, "
+                    "PRIMARY KEY (func, args)) WITHOUT ROWID"
+                )
+                conn.execute("DELETE FROM listed")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO listed VALUES (?, ?)", [r[:2] for r in records]
+                )
+                before_count = self.totals()[0]
                 conn.executemany(
                     "INSERT OR IGNORE INTO entries (func, args, size, created, last_access, "
                     "duration) VALUES (?, ?, ?, ?, ?, 0)",
-                    [(f, a, s, m, m) for f, a, s, m in records],
+                    records,
                 )
+                added = self.totals()[0] - before_count
+                dropped = conn.execute(
+                    "DELETE FROM entries WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "
+                    "listed WHERE listed.func = entries.func AND listed.args = entries.args)",
+                    (before,),
+                ).rowcount
+                conn.execute("DELETE FROM listed")
+        return added, dropped
 
-    def forget(self, items: Iterable[tuple[str, str]], reason: str) -> None:
-        """Drop entries from the index, remembering why (for ``explain``)."""
+    def forget(
+        self, items: Iterable[tuple[str, str]], reason: str, before: float | None = None
+    ) -> None:
+        """Drop entries from the index, remembering why (for ``explain``).
+
+        With ``before`` (a :func:`time.time` taken before the files were removed), a row
+        written since, by a writer that stored the entry again, is kept.
+        """
         now = time.time()
+        cutoff = now if before is None else before
         items = list(items)
         with self._lock:
+            self.flush()
             conn = self._connection()
             with self._transaction(conn):
-                conn.executemany("DELETE FROM entries WHERE func = ? AND args = ?", items)
                 conn.executemany(
-                    "INSERT OR REPLACE INTO removed VALUES (?, ?, ?, ?)",
-                    [(f, a, reason, now) for f, a in items],
+                    "INSERT OR REPLACE INTO removed SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM entries WHERE func = ? AND args = ? AND created >= ?)",
+                    [(f, a, reason, now, f, a, cutoff) for f, a in items],
+                )
+                conn.executemany(
+                    "DELETE FROM entries WHERE func = ? AND args = ? AND created < ?",
+                    [(f, a, cutoff) for f, a in items],
                 )
                 self._trim_removed(conn)
 
-    def forget_function(self, func: str, reason: str) -> None:
-        """Drop every entry of ``func``, remembering why."""
+    def forget_function(self, func: str, reason: str, before: float | None = None) -> None:
+        """Drop every entry of ``func`` written before ``before``, remembering why."""
         now = time.time()
+        cutoff = now if before is None else before
         with self._lock:
             self.flush()
             conn = self._connection()
             with self._transaction(conn):
                 conn.execute(
                     "INSERT OR REPLACE INTO removed SELECT func, args, ?, ? FROM entries "
-                    "WHERE func = ?",
-                    (reason, now, func),
+                    "WHERE func = ? AND created < ?",
+                    (reason, now, func, cutoff),
                 )
-                conn.execute("DELETE FROM entries WHERE func = ?", (func,))
+                conn.execute("DELETE FROM entries WHERE func = ? AND created < ?", (func, cutoff))
                 self._trim_removed(conn)
 
-    def forget_all(self) -> None:
-        """Empty the index (the store was cleared)."""
+    def forget_all(self, before: float | None = None) -> None:
+        """Empty the index (the store was cleared); rows written since ``before`` stay."""
+        cutoff = time.time() if before is None else before
         with self._lock:
             self._pending.clear()
             self._pending_misses.clear()
             conn = self._connection()
             with self._transaction(conn):
-                for table in ("entries", "functions", "removed"):
+                conn.execute("DELETE FROM entries WHERE created < ?", (cutoff,))
+                for table in ("functions", "removed"):
                     conn.execute(f"DELETE FROM {table}")
 
     @staticmethod

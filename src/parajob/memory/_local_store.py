@@ -9,16 +9,21 @@ Safety properties and how they hold:
   (``os.replace``): a reader sees the old file or the new one, and a writer killed midway
   leaves only a temporary file, which no reader looks at and :meth:`sweep_temporaries` removes;
 - an entry is deleted by unlinking its output first (one atomic step that makes it disappear),
-  then the rest; a large batch (an eviction of many entries) is moved into a trash folder
-  with one rename per entry, which is atomic and ten times cheaper than unlinking, and the
-  trash is emptied by a short-lived background thread (leftovers of a process that exits
-  first are swept later);
+  then the rest; a large batch (an eviction of many entries) is renamed away instead, to
+  ``.trash-<name>-<token>`` beside each entry (one rename in the same folder per entry: atomic
+  and ten times cheaper than unlinking), and the renamed folders are deleted by a short-lived
+  background thread. That thread deletes nothing but ``.trash-*`` folders, which no key can
+  name, so it cannot remove a live entry. It also removes stale ``.trash-*`` folders it finds
+  in the folders it works in: leftovers of processes that exited before their thread finished.
+  At exit the process waits for it a little (``_EXIT_WAIT_SECONDS``), never longer; what is
+  left then is freed by a later eviction in the same folder, or by ``parajob cache prune``;
 - every key is validated (:func:`check_key`) and the resulting path checked to lie inside the
   root, so no name can point outside the cache.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -26,9 +31,11 @@ import shutil
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+from parajob.errors import CacheWarning
 from parajob.memory._index import CacheIndex
 from parajob.memory._lock import EntryLock, FileLock
 from parajob.memory._store import (
@@ -48,11 +55,55 @@ _TRASH_PREFIX = ".trash-"
 _SMALL_READ = 1 << 16
 # Below this many entries, deleting in place is quick enough not to need a thread.
 _BATCH_IN_BACKGROUND = 32
+_EXIT_WAIT_SECONDS = 5.0
+
+_trash_threads: set[threading.Thread] = set()
+_trash_threads_guard = threading.Lock()
 
 
-def _remove_trees(paths: list[str]) -> None:
+def _empty_trash(paths: list[str], folders: list[str]) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
+    # Leftovers of processes that exited before their deletion finished: renamed-away
+    # entries nobody else will free. (Another live process may be freeing some right now;
+    # deleting them twice is harmless.)
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(_TRASH_PREFIX):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def _run_trash_worker(paths: list[str], folders: list[str]) -> None:
+    try:
+        _empty_trash(paths, folders)
+    finally:
+        with _trash_threads_guard:
+            _trash_threads.discard(threading.current_thread())
+
+
+def _wait_for_trash_at_exit() -> None:
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
+    with _trash_threads_guard:
+        workers = list(_trash_threads)
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_wait_for_trash_at_exit)
+
+
+def _reset_after_fork() -> None:
+    global _trash_threads_guard
+    _trash_threads_guard = threading.Lock()
+    _trash_threads.clear()  # the parent's threads; the parent waits for them
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _mkdir_private(path: str) -> None:
@@ -60,6 +111,50 @@ def _mkdir_private(path: str) -> None:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+
+
+def _makedirs_private(path: str) -> None:
+    # os.makedirs gives its mode to the last folder only; every folder made here is private.
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    _mkdir_private(path)
+
+
+def _others_can_write(path: str, sticky_protects: bool) -> str | None:
+    # Returns why others could change what is under ``path``, or None. A sticky folder
+    # (like /tmp) stops others renaming or deleting what is ours in it, so it is safe as a
+    # parent, but not as the cache folder itself: others could still add function folders.
+    if not hasattr(os, "getuid"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_uid not in (os.getuid(), 0):
+        return f"{path} belongs to another user: uid {st.st_uid}"
+    if st.st_mode & stat.S_IWOTH and not (sticky_protects and st.st_mode & stat.S_ISVTX):
+        return f"{path} is writable by everyone: mode {stat.S_IMODE(st.st_mode):o}"
+    return None
+
+
+def _warn_if_others_can_write(location: str) -> None:
+    problem = _others_can_write(location, False) or _others_can_write(
+        os.path.dirname(location), True
+    )
+    if problem is None:
+        return
+    warnings.warn(
+        CacheWarning(
+            f"the cache at {location} can be written by other users ({problem}), so it may "
+            f"hold results planted by someone else, and loading a cached result runs code (it "
+            f"is a pickle); use a cache folder only you can write to (chmod 700), or silence "
+            f"this warning if you trust everyone who can write there"
+        ),
+        stacklevel=5,  # the user's Memory(...) call
+    )
 
 
 class LocalStoreBackend(StoreBackendBase):
@@ -80,13 +175,12 @@ class LocalStoreBackend(StoreBackendBase):
     def __init__(self, location: Any, **options: Any) -> None:
         location = os.path.abspath(os.fspath(location))
         super().__init__(location, **options)
-        parent = os.path.dirname(location)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        _mkdir_private(location)
+        _makedirs_private(location)
+        _warn_if_others_can_write(location)
         self._root_prefix = os.path.join(location, "")
         self._trash_workers: list[threading.Thread] = []
         self._pending_trash: list[str] = []
+        self._trash_folders: set[str] = set()
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -103,6 +197,8 @@ class LocalStoreBackend(StoreBackendBase):
         # exist costs a system call each, which adds up on every write.
         parts = key.split("/")
         path = self.location
+        # The whole cache folder may have been removed (to start over): make it again.
+        _makedirs_private(path)
         for part in parts[:-1]:
             path = os.path.join(path, part)
             _mkdir_private(path)
@@ -176,6 +272,7 @@ class LocalStoreBackend(StoreBackendBase):
                 dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 continue  # the function's folder is gone: nothing of it to delete
+            self._trash_folders.add(path)
             try:
                 # A rename inside one folder, relative to an open descriptor of it, is the
                 # cheapest atomic way to make an entry vanish (no data is freed yet).
@@ -197,9 +294,17 @@ class LocalStoreBackend(StoreBackendBase):
         if not self._pending_trash:
             return
         paths, self._pending_trash = self._pending_trash, []
+        folders, self._trash_folders = sorted(self._trash_folders), set()
+        # A daemon thread: it never keeps the process alive (the exit handler waits for it a
+        # bounded time), and what it leaves is freed later (see the module's notes).
         worker = threading.Thread(
-            target=_remove_trees, args=(paths,), name="parajob-cache-trash", daemon=True
+            target=_run_trash_worker,
+            args=(paths, folders),
+            name="parajob-cache-trash",
+            daemon=True,
         )
+        with _trash_threads_guard:
+            _trash_threads.add(worker)
         worker.start()
         self._trash_workers = [t for t in self._trash_workers if t.is_alive()] + [worker]
 
@@ -220,6 +325,7 @@ class LocalStoreBackend(StoreBackendBase):
         state = super().__getstate__()
         state["_trash_workers"] = []
         state["_pending_trash"] = []
+        state["_trash_folders"] = set()
         return state
 
     def _remove_path(self, path: str) -> None:
@@ -246,6 +352,8 @@ class LocalStoreBackend(StoreBackendBase):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return
+        # Rename first, so the folder vanishes at once, then delete it (here: a single
+        # deletion is small or, like a clear, expected to take its time).
         parent, name = os.path.split(path)
         trash = os.path.join(parent, f"{_TRASH_PREFIX}{name}-{secrets.token_hex(4)}")
         try:
@@ -321,22 +429,28 @@ class LocalStoreBackend(StoreBackendBase):
     def lock(self, key: str, lease: float) -> EntryLock:
         """Return an flock-based lock on the entry folder ``key`` (created if missing)."""
         path = self.path_of(key)
+
+        def make_folder() -> None:
+            # Makes the parents as well: a clear may have removed the function's folder.
+            self._ensure_parents(f"{key}/{LOCK}")
+
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass
         except FileNotFoundError:
-            self._ensure_parents(f"{key}/{LOCK}")
-        return FileLock(path)
+            make_folder()
+        return FileLock(path, make_folder)
 
     def make_index(self) -> CacheIndex:
         """Return the shared SQLite index in the root folder."""
-        return CacheIndex(os.path.join(self.location, "index.sqlite"))
+        path = os.path.join(self.location, "index.sqlite")
+        return CacheIndex.shared(path, path)
 
     # -- housekeeping --------------------------------------------------------------------------
 
     def sweep_temporaries(self, older_than: float = 3600.0) -> int:
-        """Remove temporary and trash files left by killed writers; return how many."""
+        """Remove temporary files of killed writers and leftover trash; return how many."""
         removed = 0
         cutoff = time.time() - older_than
         self.wait_for_trash()

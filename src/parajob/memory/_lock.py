@@ -7,7 +7,8 @@ waiting loops shared by both (:func:`acquire`, :func:`acquire_async`):
   create, which costs as much as a small write on some file systems). The kernel releases it
   when its holder dies, however it dies, so a crashed process never blocks others. Each
   acquisition opens its own file description, so threads of one process exclude each other
-  too.
+  too. A child forked while a lock is held closes its inherited copy at once (otherwise the
+  lock would live as long as the child).
 - :class:`LeaseLock` (any store, used by fsspec): a small lease record written through the
   store, valid until its expiry time. A holder that crashes keeps it at most one lease; the
   in-process part (a per-key thread lock) makes threads exact, the cross-process part is best
@@ -20,6 +21,7 @@ stuck holder costs duplicated work, never a deadlock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -84,11 +86,24 @@ class FileLock:
     ----------
     path : str
         A folder or a file to lock; a missing file is created (mode 0o600).
+    make_folder : callable, optional
+        Makes ``path`` as a folder when it is missing (it may be removed by a concurrent
+        clear or eviction at any time); without it a missing path is created as a file.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, make_folder: Callable[[], None] | None = None) -> None:
         self.path = path
+        self._make_folder = make_folder
         self._fd: int | None = None
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self._make_folder is None:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._make_folder()
+        return os.open(self.path, os.O_RDONLY)
 
     def try_acquire(self) -> bool:
         """Take the lock if no one holds it."""
@@ -97,9 +112,9 @@ class FileLock:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = self._open()
         except FileNotFoundError:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            return False  # removed again right after we made it: the caller retries
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -116,13 +131,38 @@ class FileLock:
             os.close(fd)
             return False
         self._fd = fd
+        _held_file_locks[id(self)] = self
         return True
 
     def release(self) -> None:
         """Release the lock (closing the descriptor releases the flock)."""
+        _held_file_locks.pop(id(self), None)
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+# An flock belongs to the open file description, which a forked child shares: a cached
+# function that forks long-lived workers (a multiprocessing pool) would keep its entry locked
+# until they all exit. The child closes its copies at once; the parent's release then frees
+# the lock. (Plain dict operations, atomic under the GIL: a lock here could be held by a
+# thread that does not exist in the child.)
+_held_file_locks: dict[int, FileLock] = {}
+
+
+def _drop_inherited_locks() -> None:
+    global _thread_locks, _thread_locks_guard
+    for lock in list(_held_file_locks.values()):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _held_file_locks.clear()
+    # Thread locks copied from the parent may be held by threads that do not exist here;
+    # the child starts with its own (leases held by the parent still bind it, through the
+    # store).
+    _thread_locks = weakref.WeakValueDictionary()
+    _thread_locks_guard = threading.Lock()
 
 
 # Threads of one process serialise on a real lock per key; held locks are kept alive by
@@ -221,3 +261,7 @@ class LeaseLock:
                 self._delete(self.key)
         finally:
             self._local.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)

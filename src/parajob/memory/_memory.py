@@ -249,7 +249,7 @@ class Memory(Logger):
         _check_mmap_mode(mmap_mode)
         cls = AsyncMemorizedFunc if is_async else MemorizedFunc
         return cls(
-            target,
+            func,  # a staticmethod or classmethod object keeps its binding
             self.store_backend,
             backend=self.backend,
             ignore=ignore,
@@ -272,8 +272,10 @@ class Memory(Logger):
             )
         if self.store_backend is None:
             return
+        # Rows of entries other processes write while the files go stay in the index.
+        before = time.time()
         self.store_backend.delete("")
-        self.store_backend.index.forget_all()
+        self.store_backend.index.forget_all(before)
 
     def reduce_size(
         self,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pprint
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from parajob.memory._store import METADATA, OUTPUT, StoreBackendBase
+from parajob.memory._store import METADATA, OUTPUT, StoreBackendBase, as_store
 
 __all__ = ["CacheStats", "Explanation", "MemorizedResult", "NotMemorizedResult"]
 
@@ -16,12 +18,13 @@ class MemorizedResult:
 
     Parameters
     ----------
-    location : StoreBackendBase
-        The store that holds the value.
+    location : StoreBackendBase, str or os.PathLike
+        The store that holds the value, or a location as given to :class:`Memory`.
     call_id : tuple of str
         ``(function folder, argument key)``.
     backend : str, default "local"
-        Kept for joblib's signature; the store is given directly.
+        The store backend to open when ``location`` is a folder or URL (unused when it is
+        a store).
     mmap_mode : {None, "r", "r+", "c", "w+"}, optional
         How :meth:`get` maps numpy arrays.
     verbose : int, default 0
@@ -34,7 +37,7 @@ class MemorizedResult:
 
     def __init__(
         self,
-        location: StoreBackendBase,
+        location: StoreBackendBase | str | os.PathLike[str],
         call_id: tuple[str, str],
         backend: str = "local",
         mmap_mode: str | None = None,
@@ -42,7 +45,7 @@ class MemorizedResult:
         timestamp: float | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self.store_backend = location
+        self.store_backend = as_store(location, backend)
         self._call_id = (str(call_id[0]), str(call_id[1]))
         self.mmap_mode = mmap_mode
         self.verbose = verbose
@@ -109,8 +112,9 @@ class MemorizedResult:
 
     def clear(self) -> None:
         """Remove the value from the cache."""
+        before = time.time()
         self.store_backend.delete(f"{self.func_id}/{self.args_id}")
-        self.store_backend.index.forget([self._call_id], "cleared")
+        self.store_backend.index.forget([self._call_id], "cleared", before)
 
     def __repr__(self) -> str:
         return (

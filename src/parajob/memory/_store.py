@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from parajob._registry import Registry
+from parajob.errors import InvalidParameterError
 from parajob.memory._index import CacheIndex
 from parajob.memory._lock import EntryLock, LeaseLock
 
@@ -33,6 +34,7 @@ __all__ = [
     "OUTPUT",
     "ItemInfo",
     "StoreBackendBase",
+    "as_store",
     "check_key",
     "make_store",
     "register_store_backend",
@@ -171,8 +173,12 @@ class StoreBackendBase(ABC):
         )
 
     def make_index(self) -> CacheIndex:
-        """Return the index of this store; the default lives in memory, seeded by a listing."""
-        return CacheIndex(None)
+        """Return the index of this store; the default lives in memory, seeded by a listing.
+
+        It is shared by the stores of one process on the same location.
+        """
+        name = f"{type(self).__module__}.{type(self).__qualname__}:{self.location}"
+        return CacheIndex.shared(name, None)
 
     @property
     def index(self) -> CacheIndex:
@@ -180,9 +186,7 @@ class StoreBackendBase(ABC):
         index = self._index
         if index is None:
             index = self._index = self.make_index()
-            index.totals()  # opens it, so created_fresh is known
-            if index.created_fresh:
-                index.add_found(self.scan_entries())
+            index.seed_once(self.scan_entries)
         return index
 
     def scan_entries(self) -> Iterator[tuple[str, str, int, float]]:
@@ -273,3 +277,20 @@ def make_store(
 
         root = os.path.join(location, "parajob")
     return cls(root, **options)
+
+
+def as_store(location: Any, backend: str = "local") -> StoreBackendBase:
+    """Return ``location`` if it is a store, else the store ``Memory(location)`` would use."""
+    if isinstance(location, StoreBackendBase):
+        return location
+    import os
+
+    if not isinstance(location, (str, os.PathLike)):
+        raise InvalidParameterError(
+            f"location must be a store backend, a folder or a URL, got {location!r} of type "
+            f"{type(location).__name__}"
+        )
+    # The stores register themselves when imported.
+    from parajob.memory import _fsspec_store, _local_store  # noqa: F401
+
+    return make_store(backend, os.fspath(location), {})
