@@ -140,3 +140,18 @@ def test_timeout_stops_the_call_when_a_batch_runs_too_long():
     with pytest.raises(ParallelTimeoutError, match=r"did not finish within timeout=0\.5"):
         Parallel(n_jobs=2, batch_size=1, timeout=0.5)(delayed(sleep_for)(t) for t in (0, 30))
     assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def _omp_threads(_: int) -> str | None:
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+def test_inner_max_num_threads_caps_native_threads_in_workers():
+    from parajob import parallel_config
+
+    with parallel_config(backend="processes", n_jobs=2, inner_max_num_threads=3):
+        assert set(Parallel()(delayed(_omp_threads)(i) for i in range(4))) == {"3"}
+    with pytest.raises(ValueError, match="does not cap its workers' native threads"):
+        parallel_config(backend="threading", inner_max_num_threads=2)
+    with pytest.raises(ValueError, match="name the backend"):
+        parallel_config(inner_max_num_threads=2)

@@ -262,6 +262,11 @@ class parallel_config:
         }
         new = {k: validate_setting(k, v) for k, v in given.items() if v is not UNSET}
         if backend is UNSET or backend is None:
+            if new.get("inner_max_num_threads") is not None:
+                raise ValueError(
+                    "inner_max_num_threads applies to a backend's workers: name the backend, "
+                    "e.g. parallel_config(backend='processes', inner_max_num_threads=2)"
+                )
             if backend_params:
                 raise ValueError(
                     f"backend parameters {sorted(backend_params)} were given without a "
@@ -271,7 +276,17 @@ class parallel_config:
         else:
             from parajob.parallel._backend import check_backend_spec
 
-            new["backend"] = check_backend_spec(backend, backend_params)
+            instance = check_backend_spec(backend, backend_params)
+            threads = new.get("inner_max_num_threads")
+            if threads is not None:
+                if not instance.supports_inner_max_num_threads:
+                    raise ValueError(
+                        f"backend {type(instance).__name__} does not cap its workers' native "
+                        f"threads, so inner_max_num_threads={threads} cannot apply; use "
+                        f"backend='processes'"
+                    )
+                instance.inner_max_num_threads = threads
+            new["backend"] = instance
             new["backend_params"] = MappingProxyType(dict(backend_params))
         merged = dict(_CONFIG.get())
         merged.update(new)

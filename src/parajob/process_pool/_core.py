@@ -84,6 +84,7 @@ class PoolCore:
     _idle_timeout: float | None
     _max_tasks: int | None
     _max_rss: int | None
+    _inner_threads: int | None
     _prefetch: bool
     _lock: threading.Lock
     _pending: deque[Work]

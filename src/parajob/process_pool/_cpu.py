@@ -245,11 +245,16 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
     return n
 
 
-def thread_cap_env(n_workers: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+def thread_cap_env(
+    n_workers: int, environ: dict[str, str] | None = None, threads: int | None = None
+) -> dict[str, str]:
     """Return the thread-cap variables for a worker: the user's value where set, else a share.
 
-    Each of ``n_workers`` workers gets ``max(cpu_count() // n_workers, 1)`` native threads.
+    Each of ``n_workers`` workers gets ``max(cpu_count() // n_workers, 1)`` native threads,
+    unless ``threads`` (``inner_max_num_threads``) says how many, which wins over everything.
     """
+    if threads is not None:
+        return dict.fromkeys(THREAD_CAP_VARS, str(threads))
     env = os.environ if environ is None else environ
     share = str(max(cpu_count() // max(n_workers, 1), 1))
     return {name: env.get(name, share) for name in THREAD_CAP_VARS}

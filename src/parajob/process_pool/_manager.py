@@ -77,7 +77,7 @@ class Manager(PoolCore):
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         status = self._ctx.RawArray(ctypes.c_int64, 3)
         env = dict(os.environ)
-        env.update(thread_cap_env(self._max_workers))
+        env.update(thread_cap_env(self._max_workers, threads=self._inner_threads))
         root = logging.getLogger()
         levels = {
             name: lg.level

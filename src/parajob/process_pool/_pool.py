@@ -101,6 +101,10 @@ class ProcessPool(Manager):
     prefetch : bool, default True
         Queue one small task behind the running one on each worker, so workers never wait
         for the parent between tasks.
+    inner_max_num_threads : int, optional
+        Native threads (OpenMP, BLAS, ...) each worker may use; it sets ``OMP_NUM_THREADS``
+        and friends in the workers, over any value the parent has. Default: the parent's
+        value where set, else ``cpu_count() // max_workers``.
 
     Examples
     --------
@@ -121,6 +125,7 @@ class ProcessPool(Manager):
         max_rss: int | None = None,
         start_method: str | None = None,
         prefetch: bool = True,
+        inner_max_num_threads: int | None = None,
     ) -> None:
         n = cpu_count() if max_workers is None else max_workers
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -136,7 +141,11 @@ class ProcessPool(Manager):
             raise InvalidParameterError(
                 f"initargs must be a tuple, got {type(initargs).__name__}; write (x,) for one"
             )
-        for name, value in (("max_tasks_per_child", max_tasks_per_child), ("max_rss", max_rss)):
+        for name, value in (
+            ("max_tasks_per_child", max_tasks_per_child),
+            ("max_rss", max_rss),
+            ("inner_max_num_threads", inner_max_num_threads),
+        ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
@@ -170,6 +179,7 @@ class ProcessPool(Manager):
         self._idle_timeout = idle_timeout
         self._max_tasks = max_tasks_per_child
         self._max_rss = max_rss
+        self._inner_threads = inner_max_num_threads
         self._prefetch = prefetch
         self._lock = threading.Lock()
         self._pending: deque[Work] = deque()

@@ -29,6 +29,7 @@ def get_executor(
     max_rss: int | None = None,
     reuse: bool = True,
     start_method: str | None = None,
+    inner_max_num_threads: int | None = None,
 ) -> ProcessPool:
     """Return this process's shared, warm :class:`ProcessPool`, creating it when needed.
 
@@ -43,7 +44,8 @@ def get_executor(
     ----------
     max_workers : int, optional
         Number of workers; default :func:`cpu_count`.
-    initializer, initargs, idle_timeout, max_tasks_per_child, max_rss, start_method
+    initializer, initargs, idle_timeout, max_tasks_per_child, max_rss, start_method,
+    inner_max_num_threads
         As for :class:`ProcessPool`.
     reuse : bool, default True
         ``False`` replaces the shared pool with a fresh one even if its settings match.
@@ -75,6 +77,7 @@ def get_executor(
             or not pool.matches(initializer, initargs)
             or pool._max_tasks != max_tasks_per_child
             or pool._max_rss != max_rss
+            or pool._inner_threads != inner_max_num_threads
             or (start_method is not None and pool.start_method != start_method)
         ):
             pool.shutdown(wait=False)
@@ -90,6 +93,7 @@ def get_executor(
                 max_tasks_per_child=max_tasks_per_child,
                 max_rss=max_rss,
                 start_method=start_method,
+                inner_max_num_threads=inner_max_num_threads,
             )
             _executor = pool
         else:

@@ -48,10 +48,16 @@ class ProcessesBackend(ParallelBackendBase):
     # The pool stops a late batch's worker, which serves both task_timeout and the call's
     # timeout (measured from when the batch starts, not from when it was queued).
     supports_task_timeout = True
+    supports_inner_max_num_threads = True
     supports_initializer = True
 
-    def __init__(self, nesting_level: int | None = None, **pool_options: Any) -> None:
-        super().__init__(nesting_level=nesting_level)
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **pool_options: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         # max_tasks_per_child, max_rss, idle_timeout, start_method: passed to the pool.
         self.pool_options = pool_options
         self._pool: Any = None
@@ -81,6 +87,7 @@ class ProcessesBackend(ParallelBackendBase):
             n,
             initializer=_start_worker,
             initargs=(share_of_budget(n), initializer, initargs),
+            inner_max_num_threads=self.inner_max_num_threads,
             **self.pool_options,
         )
         return n
