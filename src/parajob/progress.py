@@ -157,7 +157,7 @@ class TqdmProgress(ProgressReporter):
 
 
 class RichProgress(ProgressReporter):
-    """A rich progress bar (``pip install rich``)."""
+    """A rich progress bar (``pip install 'parajob[rich]'``)."""
 
     def __init__(self, description: str = "tasks") -> None:
         try:
@@ -166,7 +166,7 @@ class RichProgress(ProgressReporter):
             from parajob.errors import MissingDependencyError
 
             raise MissingDependencyError(
-                "progress='rich' needs the rich package: pip install rich"
+                "progress='rich' needs the rich package: pip install 'parajob[rich]'"
             ) from None
         self.description = description
         self.progress: Any = None

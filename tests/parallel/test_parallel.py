@@ -447,3 +447,55 @@ def test_backend_without_retrieve_callback_is_served_in_order():
             return future
 
     assert Parallel(backend=OldStyle())(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_a_generator_dropped_before_its_first_item_releases_the_call():
+    import gc
+
+    parallel = Parallel(n_jobs=2, backend="threading", return_as="generator")
+    gen = parallel(delayed(square)(i) for i in range(100))
+    del gen
+    gc.collect()
+    # The call ended: the Parallel object takes a new one.
+    assert parallel(delayed(square)(i) for i in range(3)) is not None
+    closed = parallel(delayed(square)(i) for i in range(100))
+    closed.close()
+    assert list(parallel(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+
+
+def test_a_failed_call_does_not_poison_the_next_one_in_a_with_block():
+    with Parallel(n_jobs=2, backend="threading") as parallel:
+        with pytest.raises(KeyError):
+            parallel(delayed(boom)(i, 0) for i in range(20))
+        assert parallel(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
+def test_progress_counts_each_task_once_with_retries():
+    seen = []
+    attempts = []
+
+    def flaky(i):
+        attempts.append(i)
+        if attempts.count(i) < 2:
+            raise OSError("transient")
+        return i
+
+    Parallel(n_jobs=1, retries=2, progress=lambda done, total: seen.append(done))(
+        delayed(flaky)(i) for i in range(4)
+    )
+    assert seen[-1] == 4
+
+
+def test_an_initializer_on_a_backend_that_cannot_run_it_is_an_error():
+    class NoInit(_ExecutorBackend):
+        supports_initializer = False
+
+    with pytest.raises(ValueError, match="cannot run an initializer"):
+        Parallel(backend=NoInit(), n_jobs=2, initializer=print)(
+            delayed(square)(i) for i in range(2)
+        )
+
+
+def test_a_task_whose_args_are_not_a_tuple_is_named():
+    with pytest.raises(TypeError, match="at index 0"):
+        Parallel(n_jobs=2, backend="threading")([(square, 1, {})])

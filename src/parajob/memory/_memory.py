@@ -6,12 +6,12 @@ import datetime
 import functools
 import inspect
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+from parajob._units import parse_size
 from parajob.errors import InvalidParameterError
 from parajob.memory import _fsspec_store, _local_store  # noqa: F401  (register the stores)
 from parajob.memory._func import (
@@ -34,21 +34,7 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 def parse_bytes(value: int | str | None, name: str = "bytes_limit") -> int | None:
     """Return ``value`` in bytes; strings take K, M, G, T suffixes (powers of 1024)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise InvalidParameterError(f"{name} must be a number of bytes, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise InvalidParameterError(f"{name} must be >= 0 bytes, got {value}")
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value.upper())
-        if match:
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
-    raise InvalidParameterError(
-        f"{name} must be an int number of bytes or a string like '10M' or '2G', got {value!r}"
-    )
+    return parse_size(value, name)
 
 
 def parse_seconds(
@@ -301,7 +287,9 @@ class Memory(Logger):
         if items_limit is not None and (not isinstance(items_limit, int) or items_limit < 0):
             raise InvalidParameterError(f"items_limit must be an int >= 0, got {items_limit!r}")
         victims = self.store_backend.index.over_limits(
-            parse_bytes(bytes_limit), items_limit, parse_seconds(age_limit)
+            parse_bytes(bytes_limit, "bytes_limit"),
+            items_limit,
+            parse_seconds(age_limit, "age_limit"),
         )
         evict(self.store_backend, victims, "evicted|evicted")
 

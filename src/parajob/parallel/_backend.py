@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from parajob._registry import Registry
+from parajob.errors import InvalidParameterError
 
 __all__ = [
     "BACKENDS",
@@ -173,7 +174,7 @@ def register_parallel_backend(
         Use this backend when no backend is named.
     """
     if not callable(factory):
-        raise ValueError(
+        raise InvalidParameterError(
             f"factory must be a ParallelBackendBase subclass or another callable returning a "
             f"backend, got {factory!r}"
         )
@@ -192,7 +193,7 @@ def make_backend(name: str, params: Mapping[str, Any]) -> ParallelBackendBase:
         hint = ""
         if key in ("dask", "ray"):
             hint = f"; the {key} backend arrives in a later parajob release"
-        raise ValueError(f"unknown backend {name!r}; choose one of {known}{hint}")
+        raise InvalidParameterError(f"unknown backend {name!r}; choose one of {known}{hint}")
     backend = BACKENDS.get(key)(**params)
     if not isinstance(backend, ParallelBackendBase):
         raise TypeError(
@@ -208,12 +209,12 @@ def check_backend_spec(backend: Any, params: Mapping[str, Any]) -> ParallelBacke
         return make_backend(backend, params)
     if isinstance(backend, ParallelBackendBase):
         if params:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"backend parameters {sorted(params)} can only be given with a backend name, "
                 f"not with the instance {backend!r}; pass them to its constructor instead"
             )
         return backend
-    raise ValueError(
+    raise InvalidParameterError(
         f"backend must be a registered backend name such as 'processes' or 'threading', or a "
         f"ParallelBackendBase instance, got {backend!r}"
     )

@@ -13,6 +13,8 @@ import math
 import numbers
 from typing import Any
 
+from parajob.errors import InvalidParameterError
+
 __all__ = ["AutoBatchSizer", "parse_pre_dispatch"]
 
 
@@ -91,11 +93,11 @@ def _evaluate(node: ast.AST, n_jobs: int, text: str) -> float:
         left = _evaluate(node.left, n_jobs, text)
         right = _evaluate(node.right, n_jobs, text)
         if isinstance(node.op, (ast.FloorDiv, ast.Div)) and right == 0:
-            raise ValueError(f"pre_dispatch={text!r} divides by zero")
+            raise InvalidParameterError(f"pre_dispatch={text!r} divides by zero")
         return float(_ALLOWED_OPS[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_evaluate(node.operand, n_jobs, text)
-    raise ValueError(
+    raise InvalidParameterError(
         f"pre_dispatch must be an int, 'all', or an arithmetic expression in n_jobs such as "
         f"'2 * n_jobs', got {text!r}"
     )
@@ -106,23 +108,27 @@ def parse_pre_dispatch(pre_dispatch: Any, n_jobs: int) -> int | None:
     if pre_dispatch == "all":
         return None
     if isinstance(pre_dispatch, bool):
-        raise ValueError(f"pre_dispatch must be an int, 'all' or an expression, got {pre_dispatch}")
+        raise InvalidParameterError(
+            f"pre_dispatch must be an int, 'all' or an expression, got {pre_dispatch}"
+        )
     if isinstance(pre_dispatch, numbers.Integral):
         value: float = int(pre_dispatch)
     elif isinstance(pre_dispatch, str):
         try:
             tree = ast.parse(pre_dispatch.strip(), mode="eval")
         except SyntaxError:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"pre_dispatch must be an int, 'all', or an arithmetic expression in n_jobs "
                 f"such as '2 * n_jobs', got {pre_dispatch!r}"
             ) from None
         value = _evaluate(tree, n_jobs, pre_dispatch)
     else:
-        raise ValueError(
+        raise InvalidParameterError(
             f"pre_dispatch must be an int, 'all' or an expression such as '2 * n_jobs', got "
             f"{pre_dispatch!r}"
         )
     if value < 1:
-        raise ValueError(f"pre_dispatch must come to at least 1, got {pre_dispatch!r} = {value}")
+        raise InvalidParameterError(
+            f"pre_dispatch must come to at least 1, got {pre_dispatch!r} = {value}"
+        )
     return int(value)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 import threading
 
+from parajob.errors import InvalidParameterError
+from parajob.process_pool._cpu import CPU_SHARE_ENV
+
 __all__ = [
     "BUDGET_ENV",
     "cpu_budget",
@@ -25,7 +28,7 @@ __all__ = [
     "thread_worker_id",
 ]
 
-BUDGET_ENV = "PARAJOB_CPU_BUDGET"
+BUDGET_ENV = CPU_SHARE_ENV
 
 _local = threading.local()
 
@@ -72,7 +75,7 @@ def effective_n_jobs_within_budget(n_jobs: int | None) -> int:
     if n_jobs is None:
         return 1
     if n_jobs == 0:
-        raise ValueError(
+        raise InvalidParameterError(
             "n_jobs must be a non-zero int, got 0; use 1 for sequential or -1 for all CPUs"
         )
     budget = cpu_budget()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextvars
 import numbers
-import re
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
+
+from parajob._units import parse_size
+from parajob.errors import InvalidParameterError
 
 __all__ = [
     "UNSET",
@@ -70,33 +72,15 @@ _CONFIG: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "parajob_parallel_config", default=MappingProxyType({})
 )
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
 
 def parse_nbytes(value: int | str | None, name: str = "max_nbytes") -> int | None:
     """Turn ``"1M"``-style sizes (K, M, G, T; powers of 1024) or ints into a byte count."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a size such as 1000000 or '1M', got {value!r}")
-    if isinstance(value, numbers.Integral):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}; use None to disable")
-        return int(value)
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match:
-            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    raise ValueError(
-        f"{name} must be an int number of bytes, a size string such as '1M' or '500K', "
-        f"or None, got {value!r}"
-    )
+    return parse_size(value, name)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices!r}, got {value!r}")
+        raise InvalidParameterError(f"{name} must be one of {choices!r}, got {value!r}")
 
 
 def validate_setting(name: str, value: Any) -> Any:
@@ -105,12 +89,12 @@ def validate_setting(name: str, value: Any) -> Any:
         if value is None:
             return value
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"n_jobs must be an int or None, got {value!r}; use 1 for sequential or -1 "
                 f"for all CPUs"
             )
         if value == 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 "n_jobs must be a non-zero int, got 0; use 1 for sequential or -1 for all CPUs"
             )
         return int(value)
@@ -118,7 +102,7 @@ def validate_setting(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return int(value)
         if not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"verbose must be an int >= 0, got {value!r}")
+            raise InvalidParameterError(f"verbose must be an int >= 0, got {value!r}")
         return int(value)
     if name == "max_nbytes":
         parse_nbytes(value)
@@ -137,13 +121,13 @@ def validate_setting(name: str, value: Any) -> Any:
         return value
     if name == "retries":
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"retries must be an int >= 0, got {value!r}")
+            raise InvalidParameterError(f"retries must be an int >= 0, got {value!r}")
         return int(value)
     if name == "task_timeout":
         if value is None:
             return value
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"task_timeout must be a positive number of seconds or None, got {value!r}"
             )
         return float(value)
@@ -151,15 +135,19 @@ def validate_setting(name: str, value: Any) -> Any:
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
         ):
-            raise ValueError(f"inner_max_num_threads must be an int >= 1 or None, got {value!r}")
+            raise InvalidParameterError(
+                f"inner_max_num_threads must be an int >= 1 or None, got {value!r}"
+            )
         return value
     if name == "initializer":
         if value is not None and not callable(value):
-            raise ValueError(f"initializer must be callable or None, got {value!r}")
+            raise InvalidParameterError(f"initializer must be callable or None, got {value!r}")
         return value
     if name == "initargs":
         if not isinstance(value, tuple):
-            raise ValueError(f"initargs must be a tuple, got {type(value).__name__}: {value!r}")
+            raise InvalidParameterError(
+                f"initargs must be a tuple, got {type(value).__name__}: {value!r}"
+            )
         return value
     if name == "progress":
         if value in (True, False, None, "tqdm", "rich", "text") or callable(value):
@@ -168,7 +156,7 @@ def validate_setting(name: str, value: Any) -> Any:
 
         if isinstance(value, ProgressReporter):
             return value
-        raise ValueError(
+        raise InvalidParameterError(
             f"progress must be True, False, 'tqdm', 'rich', 'text', a callable or a "
             f"ProgressReporter, got {value!r}"
         )
@@ -263,12 +251,12 @@ class parallel_config:
         new = {k: validate_setting(k, v) for k, v in given.items() if v is not UNSET}
         if backend is UNSET or backend is None:
             if new.get("inner_max_num_threads") is not None:
-                raise ValueError(
+                raise InvalidParameterError(
                     "inner_max_num_threads applies to a backend's workers: name the backend, "
                     "e.g. parallel_config(backend='processes', inner_max_num_threads=2)"
                 )
             if backend_params:
-                raise ValueError(
+                raise InvalidParameterError(
                     f"backend parameters {sorted(backend_params)} were given without a "
                     f"backend; name the backend they are for, e.g. "
                     f"parallel_config(backend='processes', ...)"
@@ -280,7 +268,7 @@ class parallel_config:
             threads = new.get("inner_max_num_threads")
             if threads is not None:
                 if not instance.supports_inner_max_num_threads:
-                    raise ValueError(
+                    raise InvalidParameterError(
                         f"backend {type(instance).__name__} does not cap its workers' native "
                         f"threads, so inner_max_num_threads={threads} cannot apply; use "
                         f"backend='processes'"

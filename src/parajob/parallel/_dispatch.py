@@ -17,13 +17,16 @@ timed out or abandoned keeps its id out of ``_in_flight``, so its late callback 
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import multiprocessing
 import operator
 import queue
 import sys
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +38,11 @@ if TYPE_CHECKING:
     from parajob.parallel._backend import ParallelBackendBase
     from parajob.progress import ProgressReporter
 
-__all__ = ["Call"]
+__all__ = ["Call", "Results"]
+
+# What backends raise for "not ready in time": the builtin (concurrent.futures' own on 3.11+),
+# concurrent.futures' on 3.10, and multiprocessing's (AsyncResult.get).
+_TIMEOUT_ERRORS = (TimeoutError, concurrent.futures.TimeoutError, multiprocessing.TimeoutError)
 
 # The longest the caller's thread sleeps at once while waiting for results (seconds).
 _WAKE_EVERY = 0.1
@@ -216,10 +223,11 @@ class Call:
             # only interrupts this one when it wakes up, so it wakes up often enough.
             slice_ = _WAKE_EVERY if wait is None else min(wait, _WAKE_EVERY)
             try:
-                if self.backend.supports_retrieve_callback:
-                    batch_id, future = self._done.get(timeout=slice_)
-                else:
-                    batch_id, future = self._retrieve_without_callback(slice_)
+                with self.backend.retrieval_context():
+                    if self.backend.supports_retrieve_callback:
+                        batch_id, future = self._done.get(timeout=slice_)
+                    else:
+                        batch_id, future = self._retrieve_without_callback(slice_)
                 break
             except queue.Empty:
                 if wait is not None and slice_ >= wait:
@@ -236,7 +244,7 @@ class Call:
         flight = self._in_flight[batch_id]
         try:
             value = self.backend.retrieve_result(flight.future, timeout=wait)
-        except TimeoutError:
+        except _TIMEOUT_ERRORS:
             raise queue.Empty from None
         return batch_id, _Resolved(value)
 
@@ -262,9 +270,11 @@ class Call:
                     f" the {self.backend.__class__.__name__} cannot stop a running task, so it "
                     f"was abandoned and its result will be dropped"
                 )
-                for index, task in zip(flight.indices, flight.batch.tasks, strict=True):
+                finals = sum(
                     self._task_failed(index, task, TaskError(error, ""))
-                self._advance(len(flight.batch))
+                    for index, task in zip(flight.indices, flight.batch.tasks, strict=True)
+                )
+                self._advance(finals)
 
     def _complete(self, flight: _Flight, future: Any) -> None:
         batch = flight.batch
@@ -272,9 +282,11 @@ class Call:
             result = self.backend.retrieve_result_callback(future)
         except Exception as exc:
             if (
-                isinstance(exc, TimeoutError)
+                isinstance(exc, _TIMEOUT_ERRORS)
                 and self.s.timeout is not None
-                and (self.s.task_timeout is None or self.s.timeout < self.s.task_timeout)
+                and (
+                    self.s.task_timeout is None or self.s.timeout < self.s.task_timeout * len(batch)
+                )
             ):
                 # The backend stopped the batch for the call's timeout: stop the call.
                 raise ParallelTimeoutError(
@@ -285,9 +297,11 @@ class Call:
             # The batch as a whole failed: its worker died, it timed out in the pool, or it
             # could not be sent. Every task of it shares the error.
             error = TaskError(exc, None)
-            for index, task in zip(flight.indices, batch.tasks, strict=True):
+            finals = sum(
                 self._task_failed(index, task, error)
-            self._advance(len(batch))
+                for index, task in zip(flight.indices, batch.tasks, strict=True)
+            )
+            self._advance(finals)
             return
         if not isinstance(result, BatchResult):
             raise TypeError(
@@ -296,6 +310,20 @@ class Call:
             )
         values, errors = result.values, result.errors
         n_run = len(values)  # fewer than the batch when it stopped at its first error
+        if n_run < len(batch) and not errors:
+            # Stopped without an error: cancelled before these tasks ran (by an abort that
+            # raced with this batch). Never drop them silently.
+            errors = {
+                pos: TaskError(
+                    concurrent.futures.CancelledError(
+                        f"task {flight.indices[pos]} was cancelled before it ran"
+                    ),
+                    "",
+                )
+                for pos in range(n_run, len(batch))
+            }
+            values = [*values, *([None] * (len(batch) - n_run))]
+            n_run = len(batch)
         self._sizer.record(n_run, result.duration)
         self.backend.batch_completed(n_run, result.duration)
         if (
@@ -318,15 +346,18 @@ class Call:
             }
         if not errors:
             self._store(flight.indices[0], values)  # the common case: the whole batch at once
-        else:
-            for pos in range(n_run):
-                index, task = flight.indices[pos], batch.tasks[pos]
-                failure = errors.get(pos)
-                if failure is None:
-                    self._store(index, [values[pos]])
-                else:
-                    self._task_failed(index, task, failure)
-        self._advance(n_run)
+            self._advance(n_run)
+            return
+        finals = 0
+        for pos in range(n_run):
+            index, task = flight.indices[pos], batch.tasks[pos]
+            failure = errors.get(pos)
+            if failure is None:
+                self._store(index, [values[pos]])
+                finals += 1
+            else:
+                finals += self._task_failed(index, task, failure)
+        self._advance(finals)
 
     def _store(self, first: int, values: list[Any]) -> None:
         """Keep the results of consecutive tasks ``first``, ``first + 1``, ..."""
@@ -335,19 +366,20 @@ class Call:
         else:
             self._chunks[first] = values
 
-    def _task_failed(self, index: int, task: Task, error: TaskError) -> None:
+    def _task_failed(self, index: int, task: Task, error: TaskError) -> bool:
+        """Apply the error policy to a failed task; False when it goes back for a retry."""
         attempts = self._attempts.get(index, 0)
         if attempts < self.s.retries:
             self._attempts[index] = attempts + 1
             self._retry.append((index, task))
-            return
+            return False
         exc = error.exception
         _add_note(exc, f"raised by task {index} ({_name(task[0])}) of {self.s.name}")
         if error.tb_text and exc.__cause__ is None:
             exc.__cause__ = RemoteTraceback(error.tb_text)
         if self.s.on_error == "return":
             self._store(index, [exc])
-            return
+            return True
         raise exc
 
     def _advance(self, n: int) -> None:
@@ -376,16 +408,16 @@ class Call:
     def _finished(self) -> bool:
         return self._exhausted and not self._in_flight and not self._retry
 
-    def start_results(self) -> Iterator[Any]:
-        """Dispatch the first batches now, and return the generator of results."""
+    def start_results(self) -> Results:
+        """Dispatch the first batches now, and return the iterator of results."""
         try:
             self._fill()
         except BaseException:
             self.close(False)
             raise
-        return self._generate()
+        return Results(self)
 
-    def _generate(self) -> Iterator[Any]:
+    def _generate(self) -> Generator[Any, None, None]:
         """Yield the results (input order or completion order); close the call at the end."""
         ok = False
         try:
@@ -470,6 +502,29 @@ class Call:
         self._print(f"{state} {self._n_done:4d} tasks      | elapsed: {elapsed:6.1f}s finished")
 
 
+class Results:
+    """The iterator that ``return_as="generator"`` (or ``"generator_unordered"``) returns.
+
+    A plain generator runs its cleanup only once iteration has started; this one also ends
+    the call (cancelling what is pending) when it is closed or dropped before its first item.
+    """
+
+    def __init__(self, call: Call) -> None:
+        self._gen = call._generate()
+        self._finalizer = weakref.finalize(self, call.close, False)
+
+    def __iter__(self) -> Results:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop: cancel the tasks still pending and release the workers."""
+        self._gen.close()
+        self._finalizer()
+
+
 class _Resolved:
     """A finished future holding ``value`` (for backends without completion callbacks)."""
 
@@ -490,6 +545,8 @@ def _check_tasks(tasks: list[Any], first: int) -> None:
         if (
             set(map(type, tasks)) <= _TUPLE
             and set(map(len, tasks)) <= _THREE
+            and set(map(type, map(_second, tasks))) <= _TUPLE
+            and set(map(type, map(_third, tasks))) <= _DICT
             and all(map(callable, set(map(_first, tasks))))
         ):
             return
@@ -501,7 +558,10 @@ def _check_tasks(tasks: list[Any], first: int) -> None:
 
 _TUPLE = frozenset({tuple})
 _THREE = frozenset({3})
+_DICT = frozenset({dict})
 _first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
 
 
 def _check_task(task: Any, index: int) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
+from parajob.errors import InvalidParameterError
 from parajob.parallel._backend import (
     ParallelBackendBase,
     check_backend_spec,
@@ -46,8 +47,9 @@ class Parallel:
         Progress lines on stderr: above 0 at powers of two tasks done, from 10 on after
         every batch.
     timeout : float, optional
-        Seconds a batch may take before the whole call stops with
-        :class:`~parajob.errors.ParallelTimeoutError` (joblib's meaning).
+        Seconds a batch may run before the whole call stops with
+        :class:`~parajob.errors.ParallelTimeoutError` (joblib's meaning), counted from when
+        the batch starts on ``"processes"`` and threads, from when it is sent elsewhere.
     pre_dispatch : int, "all" or str, default="2 * n_jobs"
         How many batches may be in flight at once; an arithmetic expression in ``n_jobs``.
     batch_size : int or "auto", default="auto"
@@ -73,10 +75,11 @@ class Parallel:
 
         .. versionadded:: 0.1
     task_timeout : float, optional
-        Seconds one task may run. On process backends its worker is stopped and replaced; on
-        threads the task is abandoned (it cannot be stopped) and its result dropped; either
-        way the task fails with :class:`~parajob.errors.TaskTimeoutError`. Tasks then travel
-        one per batch.
+        Seconds one task may run; a late task fails with
+        :class:`~parajob.errors.TaskTimeoutError` and only it. On ``"processes"`` its worker
+        is stopped and replaced; on threads the task is abandoned (it cannot be stopped) and
+        its result dropped; elsewhere (``"sequential"``, ``"multiprocessing"``) it runs to
+        its end and then fails. Tasks then travel one per batch.
 
         .. versionadded:: 0.1
     initializer, initargs : optional
@@ -135,17 +138,22 @@ class Parallel:
         self._initializer = setting("initializer", initializer)
         self._initargs = setting("initargs", initargs)
         if return_as not in _RETURN_AS:
-            raise ValueError(f"return_as must be one of {_RETURN_AS!r}, got {return_as!r}")
+            raise InvalidParameterError(
+                f"return_as must be one of {_RETURN_AS!r}, got {return_as!r}; use "
+                f"'generator' to get the results as they come"
+            )
         self.return_as = return_as
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"timeout must be a positive number of seconds or None, got {timeout!r}"
             )
         self.timeout = timeout
         if batch_size != "auto" and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
-            raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {batch_size!r}")
+            raise InvalidParameterError(
+                f"batch_size must be 'auto' or an int >= 1, got {batch_size!r}"
+            )
         self.batch_size = batch_size
         parse_pre_dispatch(pre_dispatch, 1)  # validate now; evaluated per call
         self.pre_dispatch = pre_dispatch
@@ -163,7 +171,7 @@ class Parallel:
             explicit = True
         else:
             if backend_kwargs:
-                raise ValueError(
+                raise InvalidParameterError(
                     f"unexpected keyword arguments {sorted(backend_kwargs)}: backend "
                     f"parameters need a backend name, e.g. Parallel(backend='processes', ...)"
                 )
@@ -177,7 +185,7 @@ class Parallel:
                 chosen = make_backend(default_backend_name(), {})
         if self.require == "sharedmem" and not chosen.supports_sharedmem:
             if explicit:
-                raise ValueError(
+                raise InvalidParameterError(
                     f"backend {chosen.__class__.__name__} does not share memory with the caller,"
                     f" but require='sharedmem' was given; use backend='threading' or drop "
                     f"require"
@@ -211,6 +219,12 @@ class Parallel:
         if self._configured_n_jobs is not None:
             return self._configured_n_jobs
         requested = self._requested_n_jobs()
+        if self._initializer is not None and not self._backend.supports_initializer:
+            raise InvalidParameterError(
+                f"backend {type(self._backend).__name__} cannot run an initializer in its "
+                f"workers (supports_initializer is False), got initializer="
+                f"{self._initializer!r}; use backend='processes' or 'threading'"
+            )
         n = self._backend.effective_n_jobs(requested)
         if n == 1 and not self._backend_explicit and not self._backend.uses_threads:
             # One worker: run in the calling thread, no pickling, no process to start.

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from parajob.errors import InvalidParameterError
 
-__all__ = ["THREAD_CAP_VARS", "cpu_count", "effective_n_jobs", "thread_cap_env"]
+__all__ = ["CPU_SHARE_ENV", "THREAD_CAP_VARS", "cpu_count", "effective_n_jobs", "thread_cap_env"]
+
+# Set in each worker to its share of the CPUs (cpu_count() // workers): a nested Parallel call
+# in the worker resolves n_jobs against it (see parajob.parallel._budget).
+CPU_SHARE_ENV = "PARAJOB_CPU_BUDGET"
 
 # Environment variables read by the native thread pools that numerical libraries start
 # (OpenMP, OpenBLAS, MKL, BLIS, Accelerate, numexpr, numba, Rayon-based code). Each worker
@@ -253,8 +257,17 @@ def thread_cap_env(
     Each of ``n_workers`` workers gets ``max(cpu_count() // n_workers, 1)`` native threads,
     unless ``threads`` (``inner_max_num_threads``) says how many, which wins over everything.
     """
+    # Inside a worker, its own share is what there is to divide (nested pools).
+    try:
+        available = int(os.environ.get(CPU_SHARE_ENV, "")) or cpu_count()
+    except ValueError:
+        available = cpu_count()
+    share = str(max(available // max(n_workers, 1), 1))
+    # Each worker's share of the CPUs, which Parallel calls made inside it honour.
+    caps = {CPU_SHARE_ENV: share}
     if threads is not None:
-        return dict.fromkeys(THREAD_CAP_VARS, str(threads))
+        caps.update(dict.fromkeys(THREAD_CAP_VARS, str(threads)))
+        return caps
     env = os.environ if environ is None else environ
-    share = str(max(cpu_count() // max(n_workers, 1), 1))
-    return {name: env.get(name, share) for name in THREAD_CAP_VARS}
+    caps.update({name: env.get(name, share) for name in THREAD_CAP_VARS})
+    return caps

@@ -141,10 +141,31 @@ def check_parallel_backend(backend: Any, n_jobs: int = 2, **backend_params: Any)
         _expect(first + second == [i * i for i in range(20)], "two calls in one context")
 
     @check
+    def a_failed_call_leaves_the_backend_ready() -> None:
+        with run() as parallel:
+            try:
+                parallel(delayed(fail_on)(i, 0) for i in range(20))
+            except KitError:
+                pass
+            else:
+                raise AssertionError("backend check failed: a failing task must raise")
+            out = parallel(delayed(square)(i) for i in range(20))
+        _expect(out == [i * i for i in range(20)], f"the call after a failure, got {out}")
+
+    @check
     def parallel_config_selects_the_backend() -> None:
+        from parajob.parallel._backend import check_backend_spec
+
+        expected = type(check_backend_spec(backend, backend_params))
         with parallel_config(backend=backend, n_jobs=n_jobs, **backend_params):
-            out = Parallel()(delayed(square)(i) for i in range(10))
+            parallel = Parallel()
+            out = parallel(delayed(square)(i) for i in range(10))
             n = effective_n_jobs()
+        chosen = type(parallel._backend)
+        _expect(
+            chosen is expected or n_jobs == 1,
+            f"Parallel() inside parallel_config runs on {expected.__name__}, got {chosen.__name__}",
+        )
         _expect(out == [i * i for i in range(10)], "Parallel() inside parallel_config")
         _expect(isinstance(n, int) and n >= 1, f"effective_n_jobs gives an int >= 1, got {n}")
 

@@ -22,19 +22,10 @@ from typing import Any
 from parajob.errors import SharedMemoryError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._budget import (
-    BUDGET_ENV,
     effective_n_jobs_within_budget,
-    share_of_budget,
 )
 from parajob.parallel._tasks import Batch, BatchResult, TaskError
 from parajob.parallel.backends._pooled import worker_setup
-
-
-def _start_worker(budget: int, initializer: Any, initargs: tuple[Any, ...]) -> None:
-    """Pool initializer: record the worker's CPU budget, then run the user's initializer."""
-    os.environ[BUDGET_ENV] = str(budget)
-    if initializer is not None:
-        initializer(*initargs)
 
 
 class ProcessesBackend(ParallelBackendBase):
@@ -85,8 +76,8 @@ class ProcessesBackend(ParallelBackendBase):
         self._n_jobs = n
         self._pool = get_executor(
             n,
-            initializer=_start_worker,
-            initargs=(share_of_budget(n), initializer, initargs),
+            initializer=initializer,
+            initargs=initargs,
             inner_max_num_threads=self.inner_max_num_threads,
             **self.pool_options,
         )
@@ -142,12 +133,17 @@ class ProcessesBackend(ParallelBackendBase):
             sharing_arrays = sharing(sharer)
         # The pool enforces both limits from when the batch starts running: the call's
         # timeout (which then stops the whole call) and task_timeout (which fails the task).
-        limits = [t for t in (call_timeout, task_timeout) if t is not None]
+        # timeout is per batch (joblib's meaning), task_timeout per task.
+        limits = [
+            t
+            for t in (call_timeout, None if task_timeout is None else task_timeout * len(func))
+            if t is not None
+        ]
         with sharing_arrays:
             future = self._pool.submit_batch(
                 func.tasks,
                 indices=range(first, first + len(func.tasks)),
-                task_timeout=min(limits) * len(func.tasks) if limits else None,
+                task_timeout=min(limits) if limits else None,
                 stop_on_error=func.stop_on_error,
             )
         if sharer is not None:
@@ -179,9 +175,6 @@ class ProcessesBackend(ParallelBackendBase):
         # The shared pool stays warm for the next call; only forget it here.
         self._close_sharer()
         self._pool = None
-
-    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
-        return ProcessesBackend(nesting_level=(self.nesting_level or 0) + 1), None
 
 
 def _unwrap_no_room(future: Future[Any]) -> Future[Any]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from parajob.errors import InvalidParameterError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel.backends._pooled import worker_setup
 
@@ -23,7 +24,7 @@ class SequentialBackend(ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs: int) -> int:
         if n_jobs == 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 "n_jobs must be a non-zero int, got 0; use 1 for sequential or -1 for all CPUs"
             )
         return 1

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._budget import set_thread_worker_id, share_of_budget
 from parajob.parallel.backends._pooled import PooledBackend
 
@@ -99,17 +98,10 @@ class ThreadingBackend(PooledBackend):
         super().__init__(nesting_level=nesting_level, **kwargs)
         self._cancel = threading.Event()
 
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        n = super().configure(n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require)
-        self._cancel = threading.Event()  # a fresh one per call: the last may be set
-        return n
+    def start_call(self) -> None:
+        # A fresh event per call: the last call may have been cancelled, and a pool kept
+        # in a `with Parallel(...)` block outlives it.
+        self._cancel = threading.Event()
 
     def _start_pool(self, n: int, initializer: Any, initargs: tuple[Any, ...]) -> _ThreadPool:
         budget = share_of_budget(n)
@@ -139,6 +131,3 @@ class ThreadingBackend(PooledBackend):
         self._cancel.set()
         if not ensure_ready:
             self.terminate()
-
-    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
-        return ThreadingBackend(nesting_level=(self.nesting_level or 0) + 1), None
