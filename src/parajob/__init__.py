@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "parallel_backend": "parajob.parallel",
     "parallel_config": "parajob.parallel",
     "register_compressor": "parajob.persistence",
+    "register_joblib_backend": "parajob.joblib_adapter",
     "register_parallel_backend": "parajob.parallel",
     "register_store_backend": "parajob.memory",
     "worker_id": "parajob.parallel",
@@ -65,6 +66,7 @@ __all__ = [
     "parallel_backend",
     "parallel_config",
     "register_compressor",
+    "register_joblib_backend",
     "register_parallel_backend",
     "register_store_backend",
     "worker_id",
@@ -91,6 +93,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from parajob import errors
     from parajob.hashing import hash
+    from parajob.joblib_adapter import register_joblib_backend
     from parajob.memory import (
         Logger,
         MemorizedResult,

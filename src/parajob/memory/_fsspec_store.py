@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 from parajob.errors import MissingDependencyError
-from parajob.memory._store import ItemInfo, StoreBackendBase, check_key, store_registry
+from parajob.memory._store import (
+    ItemInfo,
+    StoreBackendBase,
+    check_key,
+    store_registry,
+    writer_tag,
+)
 
 __all__ = ["FSSpecStoreBackend"]
 
@@ -108,7 +113,7 @@ class FSSpecStoreBackend(StoreBackendBase):
         parent = posixpath.dirname(path)
         with contextlib.suppress(Exception):
             self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}{_TMP_MARK}{secrets.token_hex(6)}"
+        tmp = f"{path}{_TMP_MARK}{writer_tag()}"
         try:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, path)

@@ -46,6 +46,7 @@ from parajob.memory._store import (
     StoreBackendBase,
     check_key,
     store_registry,
+    writer_tag,
 )
 
 __all__ = ["LocalStoreBackend"]
@@ -217,7 +218,8 @@ class LocalStoreBackend(StoreBackendBase):
         for attempt in range(3):
             if attempt:
                 self._ensure_parents(key)
-            tmp = f"{path}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+            # Host, pid and a random token: unique even when hosts share the folder.
+            tmp = f"{path}{_TMP_MARK}{writer_tag()}"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:

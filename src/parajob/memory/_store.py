@@ -16,8 +16,11 @@ Five methods are required (:meth:`~StoreBackendBase.read_bytes`, ``write_bytes``
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import secrets
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -294,3 +297,16 @@ def as_store(location: Any, backend: str = "local") -> StoreBackendBase:
     from parajob.memory import _fsspec_store, _local_store  # noqa: F401
 
     return make_store(backend, os.fspath(location), {})
+
+
+# This machine's name, made safe for a file name (computed once).
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+
+
+def writer_tag() -> str:
+    """A name part unique to this write: host, process and a random token.
+
+    Temporary files carry it, so writers on several hosts sharing one cache folder (NFS, a
+    bucket) never write to the same temporary file before publishing atomically.
+    """
+    return f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -190,10 +190,10 @@ def make_backend(name: str, params: Mapping[str, Any]) -> ParallelBackendBase:
     key = ALIASES.get(name, name)
     if key not in BACKENDS:
         known = ", ".join(repr(n) for n in [*BACKENDS.names(), *ALIASES])
-        hint = ""
-        if key in ("dask", "ray"):
-            hint = f"; the {key} backend arrives in a later parajob release"
-        raise InvalidParameterError(f"unknown backend {name!r}; choose one of {known}{hint}")
+        raise InvalidParameterError(
+            f"unknown backend {name!r}; choose one of {known}, or register yours with "
+            f"register_parallel_backend"
+        )
     backend = BACKENDS.get(key)(**params)
     if not isinstance(backend, ParallelBackendBase):
         raise TypeError(

@@ -383,7 +383,7 @@ class DaskBackend(ParallelBackendBase):
     def _scatter(self, value: Any) -> Any:
         # hash=False: the object is identified by this call, not by its content (hashing
         # 200 MB costs more than it saves).
-        return self._call_client.scatter(value, hash=False, direct=False)
+        return self._call_client.scatter(value, hash=False)
 
     # -- a call -----------------------------------------------------------------------------
 
@@ -505,11 +505,13 @@ def _dask_result(future: Any, description: str, timeout: float | None = None) ->
         import dask
 
         allowed = dask.config.get("distributed.scheduler.allowed-failures", default=3)
+        attempts = int(allowed) + 1
         raise TerminatedWorkerError(
-            f"the dask workers running {description} died {int(allowed) + 1} times in a row "
-            f"(segfault, os._exit, out of memory, ...) and dask gave up on it: {exc}; the "
-            f"cluster replaced the workers, so the next call works (raise dask's "
-            f"distributed.scheduler.allowed-failures to try more often)"
+            f"the dask worker holding {description} died (segfault, os._exit, out of memory, "
+            f"...) {attempts} time{'s' if attempts > 1 else ''} in a row and dask gave up on it: "
+            f"{exc}; dask cannot tell which of a dead worker's tasks killed it, so this may be "
+            f"a task queued behind the culprit; the cluster replaces dead workers, so the next "
+            f"call works (raise distributed.scheduler.allowed-failures to try more often)"
         ) from exc
     if not isinstance(result, BatchResult):
         raise TypeError(

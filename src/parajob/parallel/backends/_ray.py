@@ -260,10 +260,10 @@ class RayBackend(ParallelBackendBase):
 
 
 def _in_ray_task(ray: Any) -> bool:
-    try:
-        return ray.get_runtime_context().get_task_id() is not None
-    except Exception:
-        return False
+    # The worker's mode says whether this process is a Ray worker (tasks run only there);
+    # asking for the task id in a driver logs a warning.
+    worker = getattr(ray.get_runtime_context(), "worker", None)
+    return getattr(worker, "mode", None) == getattr(ray, "WORKER_MODE", 1)
 
 
 class _Failed:

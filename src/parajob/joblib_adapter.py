@@ -1,0 +1,257 @@
+"""Run joblib's (and so scikit-learn's) parallel work on parajob's process pool.
+
+scikit-learn calls ``joblib.Parallel`` internally. :func:`register_joblib_backend` registers a
+joblib backend that hands each of joblib's batches to parajob's warm process pool, task by
+task, so that::
+
+    import joblib
+    import parajob
+
+    parajob.register_joblib_backend()
+    with joblib.parallel_config(backend="parajob"):
+        GridSearchCV(estimator, grid, n_jobs=2).fit(X, y)
+
+runs the search on parajob's workers, a worker that dies is reported with the task it was
+running (:class:`~parajob.errors.TerminatedWorkerError`), and ``progress=True`` shows
+parajob's progress bar. joblib is imported only when the backend is registered.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from parajob.errors import MissingDependencyError
+
+__all__ = ["register_joblib_backend"]
+
+
+class _InNestedConfig:
+    """Call ``function`` inside joblib's config for nested calls, as joblib's batches do.
+
+    joblib runs each batch inside ``parallel_config(backend=<nested backend>, n_jobs=...)``
+    so that Parallel calls made by the tasks (a forest inside a grid search) do not start
+    a pool of their own. parajob runs the tasks of a batch one by one (so a crash names the
+    exact task), so each call carries that config itself. The wrapper takes the function's
+    name, which parajob's error messages use.
+    """
+
+    def __init__(self, function: Callable[..., Any], nested: Any, n_jobs: int | None) -> None:
+        self.function = function
+        self.nested = nested
+        self.n_jobs = n_jobs
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import joblib
+
+        with joblib.parallel_config(backend=self.nested, n_jobs=self.n_jobs):
+            return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_InNestedConfig, (self.function, self.nested, self.n_jobs))
+
+
+def _split_batch(batch: Any) -> list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+    """The calls of one of joblib's batches, each wrapped to run in the nested config."""
+    items = getattr(batch, "items", None)
+    if items is None:
+        # Not one of joblib's BatchedCalls: run it as a single call.
+        return [(batch, (), {})]
+    nested = getattr(batch, "_backend", None)
+    n_jobs = getattr(batch, "_n_jobs", None)
+    wrappers: dict[int, _InNestedConfig] = {}
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+    for function, args, kwargs in items:
+        wrapper = wrappers.get(id(function))
+        if wrapper is None:
+            wrapper = wrappers[id(function)] = _InNestedConfig(function, nested, n_jobs)
+        calls.append((wrapper, tuple(args), dict(kwargs)))
+    return calls
+
+
+def _make_backend_class() -> type:
+    try:
+        from joblib.parallel import ParallelBackendBase as JoblibBackendBase
+        from joblib.parallel import SequentialBackend as JoblibSequential
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "register_joblib_backend needs joblib: pip install joblib (scikit-learn installs it)"
+        ) from exc
+    from joblib._parallel_backends import FallbackToBackend
+
+    class ParajobJoblibBackend(JoblibBackendBase):
+        """A joblib backend that runs joblib's batches on parajob's process pool.
+
+        Parameters
+        ----------
+        progress : bool, str, callable or ProgressReporter, default=False
+            parajob's progress reporting (see :class:`parajob.Parallel`), counted in tasks.
+        **pool_options
+            Passed to :func:`parajob.process_pool.get_executor` (``max_tasks_per_child``,
+            ``idle_timeout``, ...).
+        """
+
+        supports_retrieve_callback = True
+        default_n_jobs = 1
+
+        def __init__(
+            self,
+            nesting_level: int | None = None,
+            inner_max_num_threads: int | None = None,
+            progress: Any = False,
+            **pool_options: Any,
+        ) -> None:
+            super().__init__(
+                nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads
+            )
+            from parajob.progress import make_reporter
+
+            make_reporter(progress)  # validate now, where the mistake is made
+            self.progress = progress
+            self.pool_options = pool_options
+            self._pool: Any = None
+            self._reporter: Any = None
+            self._next_index = 0
+            self._lock = threading.Lock()
+            self._submitted: set[Any] = set()
+            self._first_task: dict[Any, tuple[int, Any]] = {}
+
+        def effective_n_jobs(self, n_jobs: int | None) -> int:
+            from parajob.parallel._budget import effective_n_jobs_within_budget
+
+            return effective_n_jobs_within_budget(n_jobs)
+
+        def configure(
+            self,
+            n_jobs: int = 1,
+            parallel: Any = None,
+            prefer: str | None = None,
+            require: str | None = None,
+            **backend_kwargs: Any,
+        ) -> int:
+            n = self.effective_n_jobs(n_jobs)
+            if n == 1:
+                # As joblib's own process backend does: one worker runs in the caller.
+                raise FallbackToBackend(JoblibSequential(nesting_level=self.nesting_level))
+            from parajob.process_pool import get_executor
+
+            self.parallel = parallel
+            # The shared warm pool gives each worker its share of the CPUs itself, and caps
+            # native thread pools when joblib's inner_max_num_threads is set.
+            self._pool = get_executor(
+                n, inner_max_num_threads=self.inner_max_num_threads, **self.pool_options
+            )
+            return n
+
+        def start_call(self) -> None:
+            from parajob.progress import make_reporter
+
+            self._next_index = 0
+            self._reporter = make_reporter(self.progress)
+            if self._reporter is not None:
+                self._reporter.start(getattr(self.parallel, "n_tasks", None))
+
+        def stop_call(self) -> None:
+            reporter, self._reporter = self._reporter, None
+            if reporter is not None:
+                reporter.finish()
+
+        def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Any:
+            calls = _split_batch(func)
+            first = self._next_index
+            self._next_index += len(calls)
+            future = self._pool.submit_batch(
+                calls, indices=range(first, first + len(calls)), stop_on_error=True
+            )
+            with self._lock:
+                self._first_task[future] = (first, calls[0][0])
+                if not future.done():
+                    self._submitted.add(future)
+
+            def done(fut: Any) -> None:
+                with self._lock:
+                    self._submitted.discard(fut)
+                reporter = self._reporter
+                if reporter is not None:
+                    with self._lock:
+                        reporter.advance(len(calls))
+                if callback is not None:
+                    callback(fut)
+
+            future.add_done_callback(done)
+            return future
+
+        def retrieve_result_callback(self, out: Any) -> list[Any]:
+            with self._lock:
+                first, function = self._first_task.pop(out, (0, None))
+            result = out.result()  # a dead worker raises TerminatedWorkerError naming the task
+            if result.errors:
+                pos = min(result.errors)
+                exc = result.errors[pos]
+                from parajob.parallel._dispatch import _add_note, _name
+
+                _add_note(
+                    exc,
+                    f"raised by task {first + pos} ({_name(function)}) of joblib's Parallel on parajob",
+                )
+                raise exc
+            return list(result.values)
+
+        def abort_everything(self, ensure_ready: bool = True) -> None:
+            with self._lock:
+                futures = list(self._submitted)
+                self._submitted.clear()
+            if futures and self._pool is not None:
+                self._pool.cancel(futures, kill_running=True)
+
+        def terminate(self) -> None:
+            # parajob's pool is shared and stays warm for the next call.
+            self._pool = None
+
+        def get_nested_backend(self) -> tuple[Any, int | None]:
+            # Inside a worker, nested joblib calls run sequentially: the worker already has
+            # its share of the CPUs (joblib's own rule for its process backend).
+            return JoblibSequential(nesting_level=(self.nesting_level or 0) + 1), None
+
+    return ParajobJoblibBackend
+
+
+def register_joblib_backend(name: str = "parajob", make_default: bool = False) -> None:
+    """Register parajob's process pool as a joblib backend named ``name``.
+
+    After this, ``with joblib.parallel_config(backend=name):`` runs joblib's parallel work,
+    including scikit-learn's (``GridSearchCV(n_jobs=...)``, ``cross_val_score``,
+    ``RandomForestClassifier(n_jobs=...)``), on parajob's warm process pool: results are the
+    same as with joblib's ``"loky"``, a worker that dies is reported as
+    :class:`~parajob.errors.TerminatedWorkerError` naming the task it ran, and
+    ``joblib.parallel_config(backend=name, progress=True)`` shows parajob's progress bar.
+
+    Parameters
+    ----------
+    name : str, default="parajob"
+        The backend name to use with joblib.
+    make_default : bool, default=False
+        Make it joblib's default backend for this process.
+
+    Examples
+    --------
+    >>> import joblib
+    >>> from parajob import register_joblib_backend
+    >>> register_joblib_backend()
+    >>> with joblib.parallel_config(backend="parajob", n_jobs=2):
+    ...     joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(3))
+    [0, 1, 2]
+
+    .. versionadded:: 0.1
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    backend_class = _make_backend_class()
+    import joblib
+
+    joblib.register_parallel_backend(name, backend_class, make_default=make_default)

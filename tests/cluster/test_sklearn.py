@@ -1,0 +1,110 @@
+"""scikit-learn's parallel work on parajob's pool through the joblib adapter."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn", reason="the scikit-learn tests need scikit-learn")
+joblib = pytest.importorskip("joblib", reason="the joblib adapter tests need joblib")
+
+from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn_tasks import CrashingLogisticRegression  # noqa: E402
+
+from parajob.errors import TerminatedWorkerError  # noqa: E402
+from parajob.joblib_adapter import register_joblib_backend  # noqa: E402
+from parajob.process_pool import shutdown_executor  # noqa: E402
+
+X, Y = make_classification(n_samples=200, n_features=10, random_state=0)
+
+
+@pytest.fixture(autouse=True)
+def registered_and_stopped() -> Iterator[None]:
+    """Register the adapter; stop parajob's and loky's worker pools after each test."""
+    register_joblib_backend()
+    yield
+    shutdown_executor(wait=True, kill_workers=True)
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    # loky keeps a resource-tracker process for the interpreter's life (its private API is
+    # the only way to stop it); the suite guard would count it as left behind.
+    from joblib.externals.loky.backend import resource_tracker
+
+    resource_tracker._resource_tracker._stop()
+
+
+def _fit_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    search = GridSearchCV(LogisticRegression(max_iter=300), {"C": [0.1, 1, 10]}, n_jobs=2)
+    search.fit(X, Y)
+    scores = cross_val_score(
+        RandomForestClassifier(n_estimators=10, random_state=0), X, Y, n_jobs=2
+    )
+    forest = RandomForestClassifier(n_estimators=20, random_state=0, n_jobs=2).fit(X, Y)
+    return search.cv_results_["mean_test_score"], scores, forest.predict_proba(X)
+
+
+def test_sklearn_on_parajob_gives_the_same_results_as_on_loky() -> None:
+    with joblib.parallel_config(backend="parajob"):
+        ours = _fit_all()
+    with joblib.parallel_config(backend="loky"):
+        theirs = _fit_all()
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_work_runs_in_parajob_workers() -> None:
+    with joblib.parallel_config(backend="parajob", n_jobs=2):
+        ids = joblib.Parallel()(joblib.delayed(_worker_id)() for _ in range(8))
+    # parajob's worker_id() is None outside parajob's workers (in loky's, for instance).
+    assert set(ids) <= {0, 1} and ids
+
+
+def _worker_id() -> int | None:
+    from parajob.process_pool import worker_id
+
+    return worker_id()
+
+
+def test_worker_crash_in_grid_search_names_the_task() -> None:
+    search = GridSearchCV(CrashingLogisticRegression(), {"C": [0.1, 1, 10]}, n_jobs=2)
+    with joblib.parallel_config(backend="parajob"), pytest.raises(TerminatedWorkerError) as info:
+        search.fit(X, Y)
+    message = str(info.value)
+    # 3 candidates x 5 folds; candidate C=10 is tasks 10-14.
+    match = re.search(
+        r"task (\d+) \(sklearn\.model_selection\._validation\._fit_and_score\)", message
+    )
+    assert match is not None, message
+    assert 10 <= int(match.group(1)) <= 14
+    # The pool recovers: the next search works.
+    with joblib.parallel_config(backend="parajob"):
+        GridSearchCV(LogisticRegression(max_iter=300), {"C": [1, 2]}, n_jobs=2).fit(X, Y)
+
+
+def test_progress_counts_scikit_learn_tasks() -> None:
+    seen: list[tuple[int, int | None]] = []
+    with joblib.parallel_config(
+        backend="parajob", progress=lambda done, total: seen.append((done, total))
+    ):
+        cross_val_score(LogisticRegression(max_iter=300), X, Y, cv=4, n_jobs=2)
+    assert seen and seen[-1][0] == 4
+
+
+def test_task_error_is_raised_with_a_note_naming_the_task() -> None:
+    with (
+        joblib.parallel_config(backend="parajob", n_jobs=2),
+        pytest.raises(ZeroDivisionError) as info,
+    ):
+        joblib.Parallel()(joblib.delayed(_inverse)(i) for i in [3, 2, 1, 0, 5])
+    assert any("task 3 (_inverse)" in n for n in info.value.__notes__)
+
+
+def _inverse(x: int) -> float:
+    return 1 / x
