@@ -12,6 +12,8 @@ import time
 import psutil
 import pytest
 
+from _procs import is_interpreter_helper
+
 faulthandler.enable(file=sys.stderr, all_threads=True)
 
 _SHM = "/dev/shm"
@@ -26,19 +28,6 @@ def _shm_entries() -> set[str]:
 
 def _tmp_entries() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("parajob")}
-
-
-# Helper processes that the standard library keeps for the whole interpreter's life on purpose
-# (and stops at exit); they are not workers and do not count as left behind.
-_INTERPRETER_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def _is_interpreter_helper(proc: psutil.Process) -> bool:
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-    return any(h in cmdline for h in _INTERPRETER_HELPERS)
 
 
 def _threads() -> set[threading.Thread]:
@@ -71,7 +60,7 @@ def no_leftovers(request: pytest.FixtureRequest):
                 if (
                     p.pid not in children_before
                     and p.status() != psutil.STATUS_ZOMBIE
-                    and not _is_interpreter_helper(p)
+                    and not is_interpreter_helper(p)
                 ):
                     alive.append(p)
             except psutil.NoSuchProcess:

@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
+from _procs import is_interpreter_helper
 from parajob.parallel._backend import BACKENDS, register_parallel_backend
 from parajob.parallel.backends._dask import DaskBackend
 
@@ -22,24 +23,11 @@ if "ray" not in BACKENDS:
     register_parallel_backend("ray", RayBackend)
 
 
-# Helpers the standard library keeps for the interpreter's whole life (the suite guard
-# ignores them too).
-_INTERPRETER_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def _is_helper(proc: psutil.Process) -> bool:
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-    return any(h in cmdline for h in _INTERPRETER_HELPERS)
-
-
 def _new_children(before: set[int]) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process().children(recursive=True)
-        if p.pid not in before and not _is_helper(p)
+        if p.pid not in before and not is_interpreter_helper(p)
     ]
 
 
@@ -103,11 +91,6 @@ def dask_client() -> Iterator[Any]:
             client.close(timeout=30)
             cluster.close(timeout=30)
             _wait_gone(started, "the dask LocalCluster")
-
-
-def worker_pids(client: Any) -> set[int]:
-    """The pids of the cluster's worker processes."""
-    return set(client.run(os.getpid).values())
 
 
 @pytest.fixture(scope="module")

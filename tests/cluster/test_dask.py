@@ -14,7 +14,6 @@ import cluster_tasks as ct
 import numpy as np
 import pytest
 
-from conftest import worker_pids
 from parajob import Parallel, delayed, parallel_config
 from parajob.errors import InvalidParameterError, TerminatedWorkerError
 from parajob.parallel._tasks import RemoteTraceback
@@ -219,3 +218,8 @@ def test_without_a_client_the_error_says_how_to_create_one(tmp_path: Path) -> No
 def test_unknown_backend_parameter_is_rejected_with_the_accepted_ones() -> None:
     with pytest.raises(InvalidParameterError, match="client= and wait_for_workers_timeout="):
         parallel_config(backend="dask", clinet=None)
+
+
+def worker_pids(client: Any) -> set[int]:
+    """The pids of the cluster's worker processes."""
+    return set(client.run(os.getpid).values())

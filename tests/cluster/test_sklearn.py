@@ -33,11 +33,6 @@ def registered_and_stopped() -> Iterator[None]:
     from joblib.externals.loky import get_reusable_executor
 
     get_reusable_executor().shutdown(wait=True, kill_workers=True)
-    # loky keeps a resource-tracker process for the interpreter's life (its private API is
-    # the only way to stop it); the suite guard would count it as left behind.
-    from joblib.externals.loky.backend import resource_tracker
-
-    resource_tracker._resource_tracker._stop()
 
 
 def _fit_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
