@@ -42,9 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"bench_{suite}")
         print(f"\n## {suite}\n", flush=True)
         results = []
-        for case in module.cases():
+        try:
+            cases = module.cases()
+        except Exception as exc:  # a suite that cannot even set up is reported, not fatal
+            print(f"suite {suite} could not start: {type(exc).__name__}: {exc}", flush=True)
+            all_ok = False
+            continue
+        for case in cases:
             print(f"running {case.name} ...", file=sys.stderr, flush=True)
-            results.append(run_case(case, repeat=args.repeat))
+            try:
+                results.append(run_case(case, repeat=args.repeat))
+            except Exception as exc:
+                print(f"| {case.name} | ERROR: {type(exc).__name__}: {exc} | | | NO |", flush=True)
+                all_ok = False
         all_ok &= report(results)
     return 0 if all_ok else 1
 

@@ -20,7 +20,7 @@ inside a task run on the same cluster: the task *secedes* from its worker's thre
 waits, so an outer call that fills every worker slot cannot deadlock its inner calls.
 
 The helpers that replace large arguments by tokens and put them back in the worker are shared
-with the Ray backend, which imports them from here.
+with the Ray backend (``_remote.py``).
 """
 
 from __future__ import annotations
@@ -28,215 +28,15 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from parajob.errors import InvalidParameterError, MissingDependencyError, TerminatedWorkerError
 from parajob.parallel._backend import ParallelBackendBase
-from parajob.parallel._tasks import Batch, BatchResult, Task
+from parajob.parallel._tasks import Batch, BatchResult
+from parajob.parallel.backends._remote import ArgumentScatterer, RemoteContext, run_remote_batch
 
-__all__ = [
-    "ArgumentScatterer",
-    "DaskBackend",
-    "RemoteContext",
-    "ScatteredArgument",
-    "run_remote_batch",
-]
-
-# Types whose values are never worth scattering: checked first, so that the common case of
-# many tiny tasks with scalar arguments costs one set lookup per argument.
-_SMALL_TYPES = frozenset({int, float, complex, bool, str, type(None), range, slice})
-
-
-def _nbytes(value: Any) -> int:
-    """The size of ``value`` in bytes if it is a buffer-like object, else 0."""
-    kind = type(value)
-    if kind in _SMALL_TYPES:
-        return 0
-    if kind is bytes or kind is bytearray:
-        return len(value)
-    try:
-        # numpy arrays, memoryviews, pandas Series, xarray objects, ...
-        nbytes = getattr(value, "nbytes", None)
-    except Exception:
-        return 0
-    if isinstance(nbytes, int) and not isinstance(nbytes, bool):
-        return nbytes
-    return 0
-
-
-def _is_large(value: Any, threshold: int) -> bool:
-    size = _nbytes(value)
-    return size > 0 and size >= threshold
-
-
-class ScatteredArgument:
-    """Stands in a task's arguments for a value sent to the cluster once per call."""
-
-    __slots__ = ("token",)
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ScatteredArgument, (self.token,))
-
-    def __repr__(self) -> str:
-        return f"ScatteredArgument({self.token!r})"
-
-
-class ArgumentScatterer:
-    """Replace large top-level task arguments by tokens, sending each object once per call.
-
-    Parameters
-    ----------
-    send : callable
-        ``send(obj)`` puts ``obj`` on the cluster and returns a handle (a dask Future, a Ray
-        ObjectRef) that the worker side resolves to ``obj`` again.
-    """
-
-    def __init__(self, send: Callable[[Any], Any]) -> None:
-        self._send = send
-        # id(obj) -> (obj, token, handle). The object itself is held so that its id cannot be
-        # reused by another object while the call runs.
-        self._sent: dict[int, tuple[Any, str, Any]] = {}
-
-    def prepare(self, batch: Batch, threshold: int | None) -> tuple[Batch, dict[str, Any]]:
-        """Return the batch to send and the handles (by token) that its tasks refer to."""
-        if threshold is None:
-            return batch, {}
-        handles: dict[str, Any] = {}
-        new_tasks: list[Task] | None = None
-        for pos, (function, args, kwargs) in enumerate(batch.tasks):
-            new_args = self._replace_args(args, threshold, handles)
-            new_kwargs = self._replace_kwargs(kwargs, threshold, handles)
-            if new_args is None and new_kwargs is None:
-                if new_tasks is not None:
-                    new_tasks.append((function, args, kwargs))
-                continue
-            if new_tasks is None:
-                new_tasks = list(batch.tasks[:pos])
-            new_tasks.append(
-                (
-                    function,
-                    args if new_args is None else new_args,
-                    kwargs if new_kwargs is None else new_kwargs,
-                )
-            )
-        if new_tasks is None:
-            return batch, handles
-        return Batch(new_tasks, batch.first_index, batch.stop_on_error), handles
-
-    def _token_for(self, value: Any, handles: dict[str, Any]) -> ScatteredArgument:
-        entry = self._sent.get(id(value))
-        if entry is None:
-            token = uuid.uuid4().hex
-            entry = (value, token, self._send(value))
-            self._sent[id(value)] = entry
-        handles[entry[1]] = entry[2]
-        return ScatteredArgument(entry[1])
-
-    def _replace_args(
-        self, args: tuple[Any, ...], threshold: int, handles: dict[str, Any]
-    ) -> tuple[Any, ...] | None:
-        out: list[Any] | None = None
-        for pos, value in enumerate(args):
-            if _is_large(value, threshold):
-                if out is None:
-                    out = list(args)
-                out[pos] = self._token_for(value, handles)
-        return None if out is None else tuple(out)
-
-    def _replace_kwargs(
-        self, kwargs: dict[str, Any], threshold: int, handles: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        out: dict[str, Any] | None = None
-        for name, value in kwargs.items():
-            if _is_large(value, threshold):
-                if out is None:
-                    out = dict(kwargs)
-                out[name] = self._token_for(value, handles)
-        return out
-
-    @property
-    def n_sent(self) -> int:
-        """How many distinct objects were sent during this call."""
-        return len(self._sent)
-
-    def clear(self) -> list[Any]:
-        """Forget the objects sent during the call; return their handles (to release them)."""
-        handles = [entry[2] for entry in self._sent.values()]
-        self._sent.clear()
-        return handles
-
-
-def _substitute(batch: Batch, values: Mapping[str, Any]) -> Batch:
-    def put_back(value: Any) -> Any:
-        if isinstance(value, ScatteredArgument):
-            return values[value.token]
-        return value
-
-    tasks: list[Task] = [
-        (
-            function,
-            tuple(put_back(a) for a in args),
-            {k: put_back(v) for k, v in kwargs.items()},
-        )
-        for function, args, kwargs in batch.tasks
-    ]
-    return Batch(tasks, batch.first_index, batch.stop_on_error)
-
-
-# Initializers already run in this worker process, by the token of the call that asked.
-_initialized: set[str] = set()
-_init_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class RemoteContext:
-    """What a cluster worker needs, besides the batch, to run it as Parallel would locally.
-
-    ``backend`` names the backend that nested Parallel calls inside the tasks use (``"dask"``
-    or ``"ray"``) and ``nesting_level`` is the level of those nested calls.
-    """
-
-    backend: str
-    nesting_level: int
-    init_token: str
-    initializer: Callable[..., Any] | None = None
-    initargs: tuple[Any, ...] = ()
-
-    def run_initializer_once(self) -> None:
-        """Run the call's initializer if this worker process has not run it yet."""
-        if self.initializer is None:
-            return
-        with _init_lock:
-            if self.init_token in _initialized:
-                return
-            self.initializer(*self.initargs)
-            _initialized.add(self.init_token)
-
-    def nested_backend(self) -> ParallelBackendBase:
-        """The backend for Parallel calls made by the tasks (on the same cluster)."""
-        if self.backend == "ray":
-            from parajob.parallel.backends._ray import RayBackend
-
-            return RayBackend(nesting_level=self.nesting_level)
-        return DaskBackend(nesting_level=self.nesting_level)
-
-
-def run_remote_batch(
-    batch: Batch, context: RemoteContext, values: Mapping[str, Any]
-) -> BatchResult:
-    """Run ``batch`` in a cluster worker (the function the dask and Ray backends send)."""
-    from parajob.parallel._config import parallel_config
-
-    if values:
-        batch = _substitute(batch, values)
-    context.run_initializer_once()
-    with parallel_config(backend=context.nested_backend()):
-        return batch()
+__all__ = ["DaskBackend"]
 
 
 def _import_distributed() -> Any:
@@ -371,13 +171,7 @@ class DaskBackend(ParallelBackendBase):
         client = self.get_client()
         self._call_client = client
         n = self.effective_n_jobs(n_jobs)
-        self._context = RemoteContext(
-            backend="dask",
-            nesting_level=(self.nesting_level or 0) + 1,
-            init_token=uuid.uuid4().hex,
-            initializer=getattr(parallel, "_initializer", None),
-            initargs=tuple(getattr(parallel, "_initargs", ())),
-        )
+        self._context = RemoteContext.for_call("dask", self.nesting_level, parallel)
         return n
 
     def _scatter(self, value: Any) -> Any:

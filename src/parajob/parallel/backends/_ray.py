@@ -1,6 +1,6 @@
 """The Ray backend: Parallel's batches run as Ray tasks.
 
-Each batch becomes one Ray task running :func:`~parajob.parallel.backends._dask.run_remote_batch`
+Each batch becomes one Ray task running :func:`~parajob.parallel.backends._remote.run_remote_batch`
 (the same worker-side runner as the dask backend). Large arguments are put in Ray's object
 store once per call and passed as top-level ``ObjectRef`` arguments, which Ray resolves (numpy
 arrays without a copy, read-only). Completion reaches the dispatcher through
@@ -18,7 +18,7 @@ from typing import Any
 from parajob.errors import InvalidParameterError, MissingDependencyError, TerminatedWorkerError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._tasks import Batch, BatchResult
-from parajob.parallel.backends._dask import ArgumentScatterer, RemoteContext, run_remote_batch
+from parajob.parallel.backends._remote import ArgumentScatterer, RemoteContext, run_remote_batch
 
 __all__ = ["RayBackend"]
 
@@ -141,8 +141,6 @@ class RayBackend(ParallelBackendBase):
         require: str | None = None,
         **backend_kwargs: Any,
     ) -> int:
-        import uuid
-
         self.parallel = parallel
         n = self.effective_n_jobs(n_jobs)
         # Inside a Ray task, a nested call must wait with ray.get in the task's own thread:
@@ -150,13 +148,7 @@ class RayBackend(ParallelBackendBase):
         # a cluster whose CPUs are all held by outer tasks). Without completion callbacks
         # the dispatcher waits through retrieve_result, in the calling thread.
         self.supports_retrieve_callback = not _in_ray_task(self._ray())
-        self._context = RemoteContext(
-            backend="ray",
-            nesting_level=(self.nesting_level or 0) + 1,
-            init_token=uuid.uuid4().hex,
-            initializer=getattr(parallel, "_initializer", None),
-            initargs=tuple(getattr(parallel, "_initargs", ())),
-        )
+        self._context = RemoteContext.for_call("ray", self.nesting_level, parallel)
         return n
 
     def _put(self, value: Any) -> Any:
