@@ -496,6 +496,7 @@ def test_an_initializer_on_a_backend_that_cannot_run_it_is_an_error():
         )
 
 
-def test_a_task_whose_args_are_not_a_tuple_is_named():
-    with pytest.raises(TypeError, match="at index 0"):
+def test_a_task_whose_args_are_not_a_tuple_fails_with_its_index():
+    with pytest.raises(TypeError) as info:
         Parallel(n_jobs=2, backend="threading")([(square, 1, {})])
+    assert "raised by task 0 (square) of Parallel" in info.value.__notes__

@@ -41,6 +41,7 @@ from parajob.process_pool._state import (
 __all__ = ["BatchResult", "Call", "ProcessPool"]
 
 _first = operator.itemgetter(0)
+_arguments = operator.itemgetter(1)
 _keywords = operator.itemgetter(2)
 
 
@@ -294,7 +295,7 @@ class ProcessPool(Manager):
         # once plus a list of arguments, as map() does: much less to pickle.
         fn, uniform = _check_calls(calls)
         if calls and uniform and isinstance(idx, range) and idx.step == 1:
-            items = [call[1] for call in calls]
+            items = list(map(_arguments, calls))
             return self._submit(
                 fn, None, items, None, idx, task_timeout, False, stop_on_error, callback
             )
