@@ -448,6 +448,8 @@ def _parse_table(table: bytes, body_end: int, source: str) -> list[ArraySpec]:
     # This loop runs once per array on every load, memory-mapped ones included, so it is kept
     # lean: JSON floats (never written) are refused while parsing, so every number is an int
     # or a bool, and a shape or dtype seen before is not checked again.
+    if table == b"[]":
+        return []  # no arrays: the common case of small values, without a JSON decoder
     try:
         entries = json.loads(
             table.decode("utf-8"), parse_float=_no_floats, parse_constant=_no_floats
