@@ -223,3 +223,17 @@ def test_unknown_backend_parameter_is_rejected_with_the_accepted_ones() -> None:
 def worker_pids(client: Any) -> set[int]:
     """The pids of the cluster's worker processes."""
     return set(client.run(os.getpid).values())
+
+
+def test_scatter_goes_straight_to_local_workers_unless_the_client_says_otherwise(
+    dask_client: Any,
+) -> None:
+    from distributed import Client
+
+    from parajob.parallel.backends._dask import _scatter_direct
+
+    # A LocalCluster listens on loopback: data can go straight to a worker.
+    assert _scatter_direct(dask_client) is True
+    # The client's own setting always wins.
+    with Client(dask_client.scheduler.address, direct_to_workers=False) as other:
+        assert _scatter_direct(other) is False

@@ -25,6 +25,7 @@ with the Ray backend (``_remote.py``).
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import threading
 import uuid
@@ -114,6 +115,9 @@ class DaskBackend(ParallelBackendBase):
         self._keys = itertools.count()
         self._call_token = uuid.uuid4().hex[:12]
         self._seceded = False
+        # Scatter straight to a worker? Looked up at a call's first scatter (_scatter_direct).
+        self._direct: bool | None = None
+        self._direct_known = False
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -172,18 +176,23 @@ class DaskBackend(ParallelBackendBase):
         self._call_client = client
         n = self.effective_n_jobs(n_jobs)
         self._context = RemoteContext.for_call("dask", self.nesting_level, parallel)
+        self._direct_known = False
         return n
 
     def _scatter(self, value: Any) -> Any:
         # hash=False: the object is identified by this call, not by its content (hashing
         # 200 MB costs more than it saves).
-        return self._call_client.scatter(value, hash=False)
+        if not self._direct_known:
+            self._direct = _scatter_direct(self._call_client)
+            self._direct_known = True
+        return self._call_client.scatter(value, hash=False, direct=self._direct)
 
     # -- a call -----------------------------------------------------------------------------
 
     def start_call(self) -> None:
         self._scatterer = ArgumentScatterer(self._scatter)
         self._call_token = uuid.uuid4().hex[:12]
+        self._direct_known = False  # the cluster may have changed since the last call
         self._secede_if_in_task()
 
     def stop_call(self) -> None:
@@ -268,6 +277,39 @@ class DaskBackend(ParallelBackendBase):
         # A backend captured in a task's closure travels without its client (which belongs
         # to the caller's process); on a worker it finds the worker's client.
         return (DaskBackend, (self.nesting_level, None, self.wait_for_workers_timeout))
+
+
+def _scatter_direct(client: Any) -> bool | None:
+    """Whether ``client.scatter`` should send data straight to a worker (None: dask decides).
+
+    Outside a worker, dask's default routes scattered data through the scheduler: client to
+    scheduler, then scheduler to worker, so a 200 MB array crosses the wire twice and the
+    scheduler's event loop is busy copying it meanwhile. Sending it straight to a worker
+    halves that, but only works when the client can open connections to the workers, which a
+    remote cluster behind a gateway or firewall may not allow. So: the client's own
+    ``direct_to_workers`` setting wins; otherwise go direct only when every worker listens on
+    a loopback or in-process address, i.e. the cluster is on this machine (a LocalCluster).
+    """
+    explicit = getattr(client, "direct_to_workers", None)
+    if explicit is not None:
+        return bool(explicit)
+    try:
+        from distributed.comm import get_address_host, parse_address
+
+        workers = list(client.nthreads())
+        if not workers:
+            return None
+        for address in workers:
+            if parse_address(address)[0] == "inproc":
+                continue
+            host = get_address_host(address).strip("[]")
+            if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+                return None
+    except Exception:
+        # An address dask or ipaddress cannot parse (a hostname, a new comm scheme): keep
+        # dask's default, which always works.
+        return None
+    return True
 
 
 class _DaskFuture:
