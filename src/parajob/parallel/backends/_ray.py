@@ -23,6 +23,10 @@ from parajob.parallel.backends._remote import ArgumentScatterer, RemoteContext, 
 __all__ = ["RayBackend"]
 
 
+# How long abort_everything waits for cancelled tasks to stop (seconds).
+_CANCEL_WAIT = 5.0
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -51,9 +55,12 @@ def _remote() -> Any:
     with _remote_lock:
         if not _remote_function:
             ray = _import_ray()
-            # max_retries=0: a batch whose worker died is reported to Parallel, whose own
-            # retries= setting decides whether it runs again.
-            _remote_function.append(ray.remote(max_retries=0)(_run_ray_batch))
+            # max_retries=1: when a call is cancelled, its running tasks' workers are killed
+            # asynchronously, and Ray may hand one of those dying workers a task of the next
+            # call; one system-level retry runs that task again on a live worker. A task
+            # that kills its worker itself dies twice and is then reported, naming the task
+            # (cancelled tasks are never retried by Ray).
+            _remote_function.append(ray.remote(max_retries=1)(_run_ray_batch))
         return _remote_function[0]
 
 
@@ -228,10 +235,16 @@ class RayBackend(ParallelBackendBase):
         ray = _import_ray()
         for ref in refs:
             try:
+                # force=True stops running tasks at once (their workers are killed); see
+                # _remote() for how the next call copes with a worker still dying.
                 ray.cancel(ref, force=True)
             except Exception:
                 # Already finished, or its worker already gone: nothing left to stop.
                 pass
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT)
+        except Exception:
+            pass
 
     def terminate(self) -> None:
         # Ray and its cluster belong to the user (or to the process): only forget the call.
