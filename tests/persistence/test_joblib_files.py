@@ -1,13 +1,12 @@
 """Migration: files written by joblib 1.6 load through parajob.load, with or without joblib.
 
 The golden files (../shared/data/joblib-1.6) were written by joblib itself. The other files
-come from ``test_joblib_writer.joblib_bytes``, which is shown there to write joblib's bytes.
+come from ``joblib_writer.joblib_bytes``, which is shown there to write joblib's bytes.
 """
 
 from __future__ import annotations
 
 import bz2
-import importlib.util
 import io
 import os
 import pathlib
@@ -16,9 +15,9 @@ import sys
 import textwrap
 import warnings
 import zlib
-from types import ModuleType
 from typing import Any
 
+import joblib_writer as writer
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,17 +37,6 @@ HERE = pathlib.Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 
 
-def _import_by_path(name: str, path: pathlib.Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-writer = _import_by_path("_parajob_test_joblib_writer", HERE / "test_joblib_writer.py")
 joblib_bytes = writer.joblib_bytes
 GOLDEN: pathlib.Path = writer.GOLDEN
 MANIFEST: dict[str, dict[str, Any]] = writer.golden_manifest()
@@ -225,7 +213,9 @@ def test_golden_files_load_without_joblib_installed() -> None:
         print("loaded", len(check.MANIFEST))
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    # src for parajob, this folder for the test-side joblib_writer the module imports.
+    path = [str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     result = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code],
         capture_output=True,

@@ -6,7 +6,6 @@ to the joblib reader.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import pathlib
@@ -17,9 +16,9 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from types import ModuleType
 from typing import Any
 
+import joblib_writer as writer
 import numpy as np
 import pytest
 
@@ -30,17 +29,6 @@ HERE = pathlib.Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 
 
-def _import_by_path(name: str, path: pathlib.Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-writer = _import_by_path("_parajob_test_joblib_writer", HERE / "test_joblib_writer.py")
 GOLDEN: pathlib.Path = writer.GOLDEN
 
 HEADER_GLOBAL = b"\x8c\x13joblib.numpy_pickle\x8c\x11NumpyArrayWrapper\x93"
