@@ -101,3 +101,26 @@ def wait_for_file(a: Any, path: str) -> float:
 def masked_sum(a: Any) -> tuple[str, float, int]:
     """Return the type name, the masked sum and the number of masked values."""
     return type(a).__name__, float(a.sum()), int(np.ma.count_masked(a))
+
+
+def where(a: Any) -> tuple[float, int]:
+    """Return (a[0], inode of the file mapped where the array's data lies)."""
+    at = a.__array_interface__["data"][0]
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= at < hi:
+                return float(a[0]), int(fields[4])
+    raise AssertionError("the array's data is in no mapping")
+
+
+def write_first(a: Any, value: float) -> float:
+    """Write ``value`` into a[0] (a writeable or copy-on-write mapping) and read it back."""
+    a[0] = value
+    return float(a[0])
+
+
+def pid_and_sum(a: Any) -> tuple[int, float]:
+    """Read the whole array; return (worker pid, sum)."""
+    return os.getpid(), float(a.sum())

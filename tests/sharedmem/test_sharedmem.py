@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 import shm_tasks as t
+from shm_helpers import held_in, wait_until_released
 
 from parajob import Parallel, delayed
 from parajob.errors import SharedMemoryError, SharedMemoryWarning
 from parajob.process_pool import _messages as m
-from parajob.process_pool import _shm
+from parajob.process_pool import _sharer, _shm
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="argument sharing needs Linux's /proc"
@@ -27,44 +28,6 @@ pytestmark = pytest.mark.skipif(
 BIG = 300_000  # float64 values: 2.4 MB, above the default max_nbytes of 1M
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TESTS = str(Path(__file__).resolve().parent)
-
-
-@pytest.fixture
-def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private shm folder, so the test can see exactly what is held in it."""
-    d = tmp_path / "shm"
-    d.mkdir()
-    monkeypatch.setenv(_shm.SHM_DIR_ENV, str(d))
-    return d
-
-
-def held_in(folder: Path) -> list[str]:
-    """Every open descriptor or mapping, of any process, on a file in ``folder``."""
-    prefix = str(folder)
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith(prefix):
-                    found.append(f"pid {pid} fd {fd}: {target}")
-            with open(f"/proc/{pid}/maps") as fh:
-                found += [f"pid {pid} map: {line.strip()}" for line in fh if prefix in line]
-        except OSError:
-            continue
-    return found
-
-
-def wait_until_released(folder: Path, seconds: float = 5.0) -> list[str]:
-    deadline = time.monotonic() + seconds
-    held = held_in(folder)
-    while held and time.monotonic() < deadline:
-        time.sleep(0.05)
-        held = held_in(folder)
-    return held
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -89,7 +52,7 @@ def test_small_arrays_and_max_nbytes_none_travel_by_pickle(shm_dir: Path) -> Non
 def test_array_bytes_never_enter_the_task_message_and_are_shared_once(shm_dir: Path) -> None:
     a = np.random.default_rng(0).random(1_000_000)  # 8 MB
     settings = _shm.make_settings(2**20, "r", None, None)
-    with _shm.ArraySharer(settings) as sharer, _shm.sharing(sharer):
+    with _sharer.ArraySharer(settings) as sharer, _sharer.sharing(sharer):
         frames = [
             m.dumps_payload((t.describe, False, [(a,)], False, i, None), [t.describe])
             for i in range(8)
@@ -131,7 +94,7 @@ def test_memmap_arguments_are_passed_by_reference_not_copied(tmp_path: Path) -> 
     mm[:] = 1.0
     mm.flush()
     settings = _shm.make_settings(2**20, "r", None, None)
-    with _shm.ArraySharer(settings) as sharer, _shm.sharing(sharer):
+    with _sharer.ArraySharer(settings) as sharer, _sharer.sharing(sharer):
         m.dumps_payload((t.describe, False, [(mm[10:],)], False, 0, None), [t.describe])
         assert sharer.nsegments == 0  # no copy: the worker maps the same file
     (desc,) = Parallel(n_jobs=2)(delayed(t.describe)(mm[10:]) for _ in range(1))
@@ -274,12 +237,19 @@ def test_a_folder_that_fills_up_while_writing_is_reported(tmp_path: Path) -> Non
 # -- cleanup -----------------------------------------------------------------------------------
 
 
-def test_nothing_is_held_after_a_call_succeeds_or_fails(shm_dir: Path) -> None:
+def test_nothing_is_held_after_the_array_is_dropped_or_a_writeable_call_ends(
+    shm_dir: Path,
+) -> None:
     a = np.ones(BIG)
     Parallel(n_jobs=2)(delayed(t.describe)(a) for _ in range(4))
+    assert held_in(shm_dir), "a read-only copy is kept for the next call with the same array"
+    del a
     assert wait_until_released(shm_dir) == []
+    b = np.ones(BIG)
     with pytest.raises(RuntimeError, match="failed on"):
-        Parallel(n_jobs=2)(delayed(t.fail)(a) for _ in range(4))
+        Parallel(n_jobs=2, mmap_mode="r+")(delayed(t.fail)(b) for _ in range(4))
+    assert wait_until_released(shm_dir) == []
+    Parallel(n_jobs=2, mmap_mode="w+")(delayed(t.describe)(b) for _ in range(4))
     assert wait_until_released(shm_dir) == []
     assert os.listdir(shm_dir) == []
 

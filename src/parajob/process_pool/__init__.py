@@ -7,6 +7,8 @@ Public names
 ------------
 get_executor, shutdown_executor
     The shared warm pool of this process.
+free_shared_arrays
+    Free the shared-memory copies of arrays kept from earlier Parallel calls.
 ProcessPool, BatchResult, Call
     The pool itself and the shape of batch results.
 worker_id, worker_state
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from parajob.process_pool._messages import RemoteTraceback
     from parajob.process_pool._pool import BatchResult, Call, ProcessPool
     from parajob.process_pool._shared import get_executor, shutdown_executor
+    from parajob.process_pool._sharer import free_shared_arrays
     from parajob.process_pool._worker import worker_id, worker_state
 
 _WHERE = {
@@ -40,6 +43,7 @@ _WHERE = {
     "RemoteTraceback": "_messages",
     "cpu_count": "_cpu",
     "effective_n_jobs": "_cpu",
+    "free_shared_arrays": "_sharer",
     "get_executor": "_shared",
     "shutdown_executor": "_shared",
     "worker_id": "_worker",
@@ -53,6 +57,7 @@ __all__ = [
     "RemoteTraceback",
     "cpu_count",
     "effective_n_jobs",
+    "free_shared_arrays",
     "get_executor",
     "shutdown_executor",
     "worker_id",

@@ -52,6 +52,7 @@ from parajob.errors import (
     WorkerStartError,
 )
 from parajob.process_pool import _messages as m
+from parajob.process_pool import _shm
 from parajob.process_pool._state import (
     BROKEN,
     CLOSED,
@@ -93,6 +94,19 @@ class PoolCore:
     _state: str
     _broken_message: str
     _warning_registry: dict[Any, Any]
+    _forget_outbox: deque[int]
+
+    def forget_copies(self, ids: Iterable[int]) -> None:
+        """Kept shared copies (ids) were freed: their workers' mappings must go.
+
+        Called from any thread, weak-reference callbacks included, so it takes no pool lock:
+        the manager thread passes the ids on (``_send_forgets_locked``).
+        """
+        run = self._run
+        if run is None:
+            return  # no run, no workers: nothing maps the copies
+        self._forget_outbox.extend(ids)
+        wake(run)
 
     def _capacity_for(self, w: WorkerHandle, work: Work) -> bool:
         if not w.active or (self._max_tasks is not None and w.sent >= self._max_tasks):
@@ -101,6 +115,28 @@ class PoolCore:
         if n == 0:
             return w.ready or work.small
         return n == 1 and self._prefetch and work.small and w.inflight[0].small
+
+    def _send_forgets_locked(self, run: Run) -> None:
+        """Pass on the kept shared copies the parent freed (see :meth:`forget_copies`).
+
+        Each worker gets the ids when it is idle, or just before its next task: a K_FORGET
+        frame never waits in a pipe behind a long task, so such frames cannot pile up.
+        """
+        outbox = self._forget_outbox
+        if outbox:
+            ids = [outbox.popleft() for _ in range(len(outbox))]
+            for w in run.workers:
+                if w.ready and w.active:
+                    w.forget.extend(ids)
+        for w in run.workers:
+            if w.forget and not w.inflight:
+                self._send_forget_locked(w)
+
+    def _send_forget_locked(self, w: WorkerHandle) -> None:
+        body = b"".join(_shm.COPY_ID.pack(i) for i in w.forget)
+        w.forget.clear()
+        with contextlib.suppress(OSError):  # a dead worker's mappings are gone anyway
+            w.conn.send_bytes(m.frame(m.K_FORGET, 0, body))
 
     def _dispatch_locked(self, run: Run, to_resolve: list[Resolution]) -> None:
         pending = self._pending
@@ -124,6 +160,8 @@ class PoolCore:
                 if not work.future.set_running_or_notify_cancel():
                     continue  # cancelled by its owner before it started
                 work.started = True
+            if target.forget:
+                self._send_forget_locked(target)
             try:
                 target.conn.send_bytes(work.frame)
             except OSError:
@@ -333,6 +371,7 @@ def _disown_after_fork() -> None:
         pool._run = None
         pool._runs = []
         pool._pending = deque()
+        pool._forget_outbox = deque()
         pool._state = BROKEN
         pool._broken_message = (
             "it was created in the parent process of this fork; pools do not survive a fork"

@@ -40,6 +40,7 @@ from parajob.process_pool._state import (
     Resolution,
     Run,
     WorkerHandle,
+    close_wake_pipe,
     describe_exit,
     resolve,
 )
@@ -126,6 +127,7 @@ class Manager(PoolCore):
             with self._lock:
                 if self._run is not run:
                     return self._state == BROKEN
+                self._send_forgets_locked(run)
                 slots = self._slots_to_fill_locked(run)
                 if not slots:
                     done, timeout = self._plan_wait_locked(run, to_resolve)
@@ -481,9 +483,7 @@ class Manager(PoolCore):
         for closer in (run.alive_w.close, run.alive_r.close):
             with contextlib.suppress(OSError):
                 closer()
-        for fd in (run.wake_r, run.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_wake_pipe(run)
         run.workers.clear()
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from parajob.errors import ParajobError, RemoteTaskError, SharedMemoryError, TaskPicklingError
-from parajob.process_pool import _shm
+from parajob.process_pool import _sharer, _shm
 
 __all__ = [
     "HEADER",
@@ -40,6 +40,7 @@ HEADER = struct.Struct("<BBQ")
 # parent -> worker
 K_TASK = 1
 K_EXIT = 2
+K_FORGET = 3  # body: ids of kept shared copies the parent freed (see _shm.forget_copies)
 # worker -> parent
 K_READY = 10
 K_RESULT = 11
@@ -110,7 +111,7 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 def dumps_payload(payload: Any, functions: Sequence[Any]) -> bytes:
     """Pickle ``payload``, whose callables are ``functions``, the fastest way that works.
 
-    Inside :func:`parajob.process_pool._shm.sharing` (a Parallel call on the processes
+    Inside :func:`parajob.process_pool._sharer.sharing` (a Parallel call on the processes
     backend), large numpy arrays are shared instead of pickled, and a task payload (a tuple)
     gets the call's sharing settings appended, so the worker shares large results too.
 
@@ -121,11 +122,11 @@ def dumps_payload(payload: Any, functions: Sequence[Any]) -> bytes:
         into a :class:`~parajob.errors.TaskPicklingError` naming the task.
     """
     hook = None
-    sharer = _shm.current_sharer()
+    sharer = _sharer.current_sharer()
     if sharer is not None:
         if isinstance(payload, tuple):
             payload = (*payload, sharer.settings)
-        hook = _shm.payload_hook(sharer)
+        hook = _sharer.payload_hook(sharer)
     if _main_is_importable() and not any(_needs_by_value(f) for f in functions):
         try:
             if hook is None:

@@ -21,6 +21,7 @@ from parajob.errors import (
     TaskPicklingError,
 )
 from parajob.process_pool import _messages as m
+from parajob.process_pool import _sharer
 from parajob.process_pool._core import preload_forkserver
 from parajob.process_pool._cpu import cpu_count
 from parajob.process_pool._manager import Manager
@@ -94,8 +95,10 @@ class ProcessPool(Manager):
         A worker exits and is replaced after this many submissions (a batch or a ``map``
         chunk counts as one), between tasks; no task fails because of it.
     max_rss : int, optional
-        Resident memory ceiling in bytes, checked after each submission; a worker above it
-        is replaced between tasks. Read with psutil when installed, ``/proc`` otherwise.
+        Ceiling in bytes on a worker's own resident memory (resident minus shared pages,
+        such as shared arrays and mapped files), checked after each submission; a worker
+        above it is replaced between tasks. Read with psutil when installed, ``/proc``
+        otherwise.
     start_method : {"forkserver", "spawn", "fork"}, optional
         Default ``"forkserver"`` where available (safe when the parent has threads), else
         ``"spawn"``.
@@ -191,6 +194,8 @@ class ProcessPool(Manager):
         self._ids = itertools.count(1)
         self._submissions = itertools.count(0)
         self._warning_registry: dict[Any, Any] = {}
+        self._forget_outbox: deque[int] = deque()
+        _sharer.watch_pool(self)
 
     @property
     def max_workers(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -120,6 +121,9 @@ def shutdown_executor(wait: bool = True, *, kill_workers: bool = False) -> None:
         Return when the workers have exited.
     kill_workers : bool, default False
         Kill the workers instead of letting them finish the submitted work.
+
+    Shared copies of arrays kept from earlier Parallel calls are freed as well (see
+    :func:`free_shared_arrays`).
     """
     global _executor
     with _lock:
@@ -128,3 +132,6 @@ def shutdown_executor(wait: bool = True, *, kill_workers: bool = False) -> None:
         _retired.clear()
     for pool in pools:
         pool.shutdown(wait=wait, cancel_futures=kill_workers, kill_workers=kill_workers)
+    if "parajob.process_pool._sharer" in sys.modules:
+        # Copies of arrays kept for later calls go with the pool they were made for.
+        sys.modules["parajob.process_pool._sharer"].free_shared_arrays()

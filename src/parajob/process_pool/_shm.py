@@ -1,12 +1,12 @@
-"""Large numpy arrays between the parent and pool workers, through shared memory.
+"""Large numpy arrays between the parent and pool workers, through shared memory: mechanics.
 
 Moving parts::
 
-    parent, one ArraySharer per Parallel call (installed around submit by the backend)
-      pickling a task: an array above max_nbytes is copied once into an *unnamed* file
-        (O_TMPFILE) in the shm folder (else temp_folder / the system temp dir); the parent
-        keeps the file's descriptor open until the call ends; the pickle holds
-        (parent pid, fd, device, inode) and the array's layout
+    parent (``_sharer``: one ArraySharer per Parallel call, installed around submit)
+      pickling a task: an array above max_nbytes is copied into an *unnamed* file (O_TMPFILE)
+        in the shm folder (else temp_folder / the system temp dir); the parent keeps the
+        file's descriptor open; the pickle holds (parent pid, fd, device, inode) and the
+        array's layout
       np.memmap arguments: (path, offset, layout), the worker maps the same file
     worker
       unpickling: open /proc/<parent pid>/fd/<fd>, check device and inode, mmap, close
@@ -17,12 +17,13 @@ Moving parts::
 
 Why unnamed files: they never have a name that could be left behind. The kernel frees their
 storage when the last descriptor or mapping goes away, however the processes end (SIGKILL
-included), so nobody has to unlink anything: a result array in the parent lives exactly as long
-as the array object, and a call's arguments as long as the call (plus any task still using
-them). Sizes still count against the folder's filesystem, which is why room is checked there.
+included), so nobody has to unlink anything. Sizes still count against the folder's
+filesystem, which is why room is checked there.
 
-Only the standard library is imported here (this module is loaded in every worker); numpy is
-imported when an array is met, so it is already loaded by then.
+This module holds what both sides use (segments, layouts, mapping, the picklers, results);
+``_sharer`` holds the parent's side of arguments. Only the standard library is imported here
+(this module is loaded in every worker); numpy is imported when an array is met, so it is
+already loaded by then.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import tempfile
 import threading
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -49,14 +51,14 @@ from parajob.errors import SharedMemoryError, SharedMemoryWarning
 __all__ = [
     "SHM_DIR_ENV",
     "SHM_SIZE_ENV",
-    "ArraySharer",
     "ShareSettings",
-    "current_sharer",
+    "array_hook",
     "dumps_result",
+    "dumps_with",
+    "forget_copies",
     "receive_fds",
     "receiving",
     "send_fds",
-    "sharing",
 ]
 
 SHM_DIR_ENV = "PARAJOB_SHM_DIR"
@@ -69,6 +71,8 @@ _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # pwrite moves at most ~2 GiB per call on Linux; non-contiguous arrays are copied in pieces.
 _WRITE_CHUNK = 1 << 30
 _COPY_CHUNK = 64 << 20
+# Hashed and written together: small enough to stay in the CPU's cache in between.
+_HASH_CHUNK = 1 << 20
 # SCM_RIGHTS carries at most 253 descriptors per message on Linux.
 _FDS_PER_MESSAGE = 250
 _COUNT = struct.Struct("<I")
@@ -161,13 +165,25 @@ def _open_unnamed(place: str) -> int:
     return fd
 
 
-def _create_segment(nbytes: int, settings: ShareSettings, fill: Callable[[int], None]) -> int:
-    """Return the descriptor of a new unnamed file holding ``nbytes`` written by ``fill``."""
+def create_segment(
+    nbytes: int,
+    settings: ShareSettings,
+    fill: Callable[[int], None],
+    make_room: Callable[[int], None] | None = None,
+) -> tuple[int, bool]:
+    """Return (descriptor, in the shm folder) of a new unnamed file written by ``fill``.
+
+    ``make_room(nbytes)``, when given, is asked to free shared memory (copies kept from
+    earlier calls) before the shm folder is given up for lack of room.
+    """
     tried: list[str] = []
     shm_was_full = False
     for place, cap, is_shm in _places(settings):
         try:
             free = _free_bytes(place, cap)
+            if free < nbytes and is_shm and make_room is not None:
+                make_room(nbytes - free)
+                free = _free_bytes(place, cap)
         except OSError as exc:
             tried.append(f"{place} ({exc.strerror})")
             continue
@@ -203,7 +219,7 @@ def _create_segment(nbytes: int, settings: ShareSettings, fill: Callable[[int], 
                 SharedMemoryWarning,
                 stacklevel=2,
             )
-        return fd
+        return fd, is_shm
     raise SharedMemoryError(
         f"no room to share an array of {_human(nbytes)} ({nbytes} bytes) between processes; "
         f"tried {', '.join(tried) or 'no folder'}; free some space there, point {SHM_DIR_ENV} "
@@ -215,17 +231,17 @@ def _create_segment(nbytes: int, settings: ShareSettings, fill: Callable[[int], 
 # -- array layout ------------------------------------------------------------------------------
 
 
-def _np() -> Any:
+def np_module() -> Any:
     import numpy
 
     return numpy
 
 
-def _address(arr: Any) -> int:
+def address(arr: Any) -> int:
     return int(arr.__array_interface__["data"][0])
 
 
-def _span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+def span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """Lowest and one-past-highest byte of an array, relative to its first element."""
     lo = hi = 0
     for n, s in zip(shape, strides, strict=True):
@@ -255,18 +271,41 @@ def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
         pos += written
 
 
-def _writer(arr: Any) -> tuple[Callable[[int], None], tuple[int, ...]]:
-    """Return (fill, strides of the stored copy): raw bytes for contiguous arrays, else C order."""
-    np = _np()
+def flat_bytes(arr: Any) -> Any:
+    """A contiguous array's bytes as a flat uint8 array (no copy), or None if not contiguous."""
+    np = np_module()
     arr = arr.view(np.ndarray)  # np.matrix would stay 2-d through reshape
-    if arr.flags.c_contiguous or arr.flags.f_contiguous:
-        flat = arr.reshape(-1, order="A").view(np.uint8)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        return None
+    return arr.reshape(-1, order="A").view(np.uint8)
+
+
+def writer(arr: Any, digest: Any = None) -> tuple[Callable[[int], None], tuple[int, ...]]:
+    """Return (fill, strides of the stored copy): raw bytes for contiguous arrays, else C order.
+
+    With ``digest`` (an xxh3 hasher) and a contiguous array, ``fill`` also feeds the bytes to
+    it, a piece at a time while the piece is in the CPU's cache, so the hash costs next to
+    nothing on top of the copy.
+    """
+    np = np_module()
+    flat = flat_bytes(arr)
+    if flat is not None:
+        data = memoryview(flat)
 
         def fill(fd: int) -> None:
-            _pwrite_all(fd, memoryview(flat), 0)
+            if digest is None:
+                _pwrite_all(fd, data, 0)
+                return
+            for at in range(0, len(data), _HASH_CHUNK):
+                piece = data[at : at + _HASH_CHUNK]
+                digest.update(piece)
+                _pwrite_all(fd, piece, at)
 
         return fill, tuple(arr.strides)
 
+    if digest is not None:
+        raise ValueError("only a contiguous array's copy can be digested while written")
+    arr = arr.view(np.ndarray)
     rows = max(1, _COPY_CHUNK // max(arr.nbytes // max(arr.shape[0], 1), 1))
 
     def fill_rows(fd: int) -> None:
@@ -279,7 +318,7 @@ def _writer(arr: Any) -> tuple[Callable[[int], None], tuple[int, ...]]:
     return fill_rows, _c_strides(tuple(arr.shape), arr.dtype.itemsize)
 
 
-def _shareable_type(arr: Any, np: Any) -> bool:
+def shareable_type(arr: Any, np: Any) -> bool:
     """True for ndarray and subclasses that pickle as plain arrays (np.matrix, np.recarray)."""
     cls = type(arr)
     if cls is np.ndarray or cls is np.memmap:
@@ -290,7 +329,7 @@ def _shareable_type(arr: Any, np: Any) -> bool:
     )
 
 
-def _subclass(arr: Any, np: Any) -> type | None:
+def subclass_of(arr: Any, np: Any) -> type | None:
     cls = type(arr)
     return None if cls is np.ndarray or cls is np.memmap else cls
 
@@ -344,13 +383,52 @@ def _map(source: Any, start: int, length: int, mode: str) -> _Mapping:
         found = _maps.get(key)
         if found is not None:
             return found
-        fd = _open_source(source, writable=mode == "r+")
+        fd = _open_source(source if isinstance(source, str) else source[:4], writable=mode == "r+")
         try:
             mapping = _Mapping(fd, length, access=_ACCESS[mode], offset=start)
         finally:
             os.close(fd)
         _maps[key] = mapping
         return mapping
+
+
+# Copies the parent keeps between calls (see _sharer) carry an id. A worker keeps its read-only
+# mapping of such a copy until the parent says it freed the copy (a K_FORGET message): pages a
+# task touched stay mapped for the next task and the next call, which then pays no page faults.
+_kept: dict[int, _Mapping] = {}
+# Ids already forgotten, so that a late task of an ended call never brings one back.
+_forgotten: set[int] = set()
+_forgotten_order: deque[int] = deque()
+_FORGOTTEN_REMEMBERED = 4096
+COPY_ID = struct.Struct("<Q")
+
+
+def _map_kept(source: Any) -> _Mapping:
+    copy_id = source[4]
+    with _maps_lock:
+        found = _kept.get(copy_id)
+        if found is not None:
+            return found
+        fd = _open_source(source[:4], writable=False)
+        try:
+            mapping = _Mapping(fd, os.fstat(fd).st_size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        if copy_id not in _forgotten:
+            _kept[copy_id] = mapping
+        return mapping
+
+
+def forget_copies(body: Any) -> None:
+    """Drop the mappings of kept copies the parent freed (the body of a K_FORGET message)."""
+    with _maps_lock:
+        for (copy_id,) in COPY_ID.iter_unpack(body):
+            _kept.pop(copy_id, None)
+            if copy_id not in _forgotten:
+                _forgotten.add(copy_id)
+                _forgotten_order.append(copy_id)
+                if len(_forgotten_order) > _FORGOTTEN_REMEMBERED:
+                    _forgotten.discard(_forgotten_order.popleft())
 
 
 def rebuild_array(
@@ -365,13 +443,18 @@ def rebuild_array(
     """Map a shared array in a worker (unpickling hook; ``source`` is a path or a descriptor).
 
     The array is an ``np.memmap`` (or the argument's own ndarray subclass), read-only when
-    ``mode`` is ``"r"``.
+    ``mode`` is ``"r"``. ``source`` is a path, (pid, fd, device, inode) for a copy of one call,
+    or (pid, fd, device, inode, copy id) for a copy the parent keeps between calls.
     """
-    np = _np()
-    lo, hi = _span(shape, strides, dtype.itemsize)
-    first = offset + lo
-    start = first - first % mmap.ALLOCATIONGRANULARITY
-    mapping = _map(source, start, offset + hi - start, mode)
+    np = np_module()
+    if mode == "r" and not isinstance(source, str) and len(source) > 4:
+        mapping = _map_kept(source)
+        start = 0
+    else:
+        lo, hi = span(shape, strides, dtype.itemsize)
+        first = offset + lo
+        start = first - first % mmap.ALLOCATIONGRANULARITY
+        mapping = _map(source, start, offset + hi - start, mode)
     arr = np.ndarray.__new__(
         np.memmap if cls is None else cls,
         shape,
@@ -386,155 +469,6 @@ def rebuild_array(
         arr.offset = offset
         arr.mode = mode
     return arr
-
-
-# -- the parent's side of a call ---------------------------------------------------------------
-
-
-class _Shared(NamedTuple):
-    keep: Any  # the array itself: keeps id() and the memory valid while the call runs
-    source: Any  # (pid, fd, device, inode)
-    offset: int  # of the first element in the segment
-    strides: tuple[int, ...]  # of the stored copy
-
-
-class ArraySharer:
-    """Share a call's large array arguments with workers; :meth:`close` ends their life.
-
-    Each array (keyed by identity, address, shape, strides and dtype) is copied once per call,
-    however many tasks use it; a view of an array already shared points into its segment.
-    ``np.memmap`` arguments backed by a file are passed as the file's path: no copy at all.
-    """
-
-    def __init__(self, settings: ShareSettings) -> None:
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._shared: dict[tuple[Any, ...], _Shared] = {}
-        self._fds: list[int] = []
-        self._closed = False
-        self._pid = os.getpid()
-
-    def __enter__(self) -> ArraySharer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def nsegments(self) -> int:
-        """How many arrays this call copied to shared memory so far."""
-        return len(self._fds)
-
-    def close(self) -> None:
-        """Release every segment of the call (workers still mapping one keep it until done)."""
-        with self._lock:
-            self._closed = True
-            fds, self._fds = self._fds, []
-            self._shared.clear()
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def reduce(self, arr: Any) -> Any:
-        """Pickle hook: a reduction that maps ``arr`` in the worker, or NotImplemented."""
-        np = _np()
-        if not isinstance(arr, np.ndarray) or arr.dtype.hasobject or not _shareable_type(arr, np):
-            return NotImplemented
-        backing = _file_backing(arr, np)
-        if backing is None and (arr.nbytes <= self.settings.max_nbytes or not _CAN_SHARE_ARGS):
-            return NotImplemented
-        if arr.size == 0:
-            return NotImplemented
-        mode = self.settings.mmap_mode
-        if backing is not None:
-            path, offset, mm_mode = backing
-            source: Any = path
-            strides = tuple(arr.strides)
-            mode = "r+" if mm_mode == "w+" else mm_mode
-        else:
-            if mode == "w+":
-                mode = "r+"  # the segment is created here; workers only open it
-            with self._lock:
-                if self._closed:
-                    return NotImplemented
-                source, offset, strides = self._segment_for(arr, np)
-        return (
-            rebuild_array,
-            (source, offset, tuple(arr.shape), strides, arr.dtype, mode, _subclass(arr, np)),
-        )
-
-    def _segment_for(self, arr: Any, np: Any) -> tuple[Any, int, tuple[int, ...]]:
-        key = (id(arr), _address(arr), arr.shape, arr.strides, arr.dtype.str)
-        hit = self._shared.get(key)
-        if hit is not None:
-            return hit.source, hit.offset, hit.strides
-        owner = arr
-        while isinstance(owner.base, np.ndarray):
-            owner = owner.base
-        if owner is not arr and (owner.flags.c_contiguous or owner.flags.f_contiguous):
-            owner_key = (id(owner), _address(owner), owner.shape, owner.strides, owner.dtype.str)
-            lo, hi = _span(tuple(arr.shape), tuple(arr.strides), arr.dtype.itemsize)
-            at = _address(arr) - _address(owner)
-            inside = at + lo >= 0 and at + hi <= owner.nbytes
-            # Share the whole base when a view is most of it (or the base is shared already):
-            # tasks that take slices of one array then share one copy of it.
-            if inside and (owner_key in self._shared or owner.nbytes <= 4 * arr.nbytes):
-                base = self._shared.get(owner_key) or self._add(owner_key, owner)
-                return base.source, base.offset + at, tuple(arr.strides)
-        entry = self._add(key, arr)
-        return entry.source, entry.offset, entry.strides
-
-    def _add(self, key: tuple[Any, ...], arr: Any) -> _Shared:
-        fill, strides = _writer(arr)
-        fd = _create_segment(arr.nbytes, self.settings, fill)
-        self._fds.append(fd)
-        st = os.fstat(fd)
-        lo, _ = _span(tuple(arr.shape), strides, arr.dtype.itemsize)
-        entry = _Shared(arr, (self._pid, fd, st.st_dev, st.st_ino), -lo, strides)
-        self._shared[key] = entry
-        return entry
-
-
-def _file_backing(arr: Any, np: Any) -> tuple[str, int, str] | None:
-    """(path, file offset of arr's first element, mode) when arr lives in a np.memmap's file."""
-    base = arr
-    while base is not None:
-        if isinstance(base, np.memmap):
-            mm = getattr(base, "_mmap", None)
-            filename = getattr(base, "filename", None)
-            if mm is None or filename is None or not isinstance(base.offset, int):
-                return None
-            try:
-                if mm.closed or not os.path.isfile(filename):
-                    return None
-                mm_address = _address(np.frombuffer(mm, dtype=np.uint8, count=1))
-            except (ValueError, TypeError, OSError):
-                return None
-            # numpy maps from the offset rounded down to the allocation granularity.
-            mm_start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY
-            path = os.fspath(filename)  # numpy keeps a Path when given one
-            return path, mm_start + _address(arr) - mm_address, str(base.mode)
-        base = getattr(base, "base", None)
-    return None
-
-
-_local = threading.local()
-
-
-def current_sharer() -> ArraySharer | None:
-    """The sharer installed by :func:`sharing` in this thread, if any."""
-    return getattr(_local, "sharer", None)
-
-
-@contextlib.contextmanager
-def sharing(sharer: ArraySharer | None) -> Iterator[None]:
-    """Pickle the tasks submitted in this block with ``sharer``'s array hook."""
-    previous = getattr(_local, "sharer", None)
-    _local.sharer = sharer
-    try:
-        yield
-    finally:
-        _local.sharer = previous
 
 
 # -- picklers with the array hook --------------------------------------------------------------
@@ -568,7 +502,7 @@ def dumps_with(obj: Any, hook: Callable[[Any], Any], by_value: bool) -> bytes:
     return buf.getvalue()
 
 
-def _array_hook(share: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def array_hook(share: Callable[[Any], Any]) -> Callable[[Any], Any]:
     ndarray = sys.modules["numpy"].ndarray
 
     def hook(obj: Any) -> Any:
@@ -579,14 +513,10 @@ def _array_hook(share: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return hook
 
 
-def payload_hook(sharer: ArraySharer) -> Callable[[Any], Any] | None:
-    """The hook for a task payload, or None when no array can be in it (numpy not loaded)."""
-    if "numpy" not in sys.modules:
-        return None
-    return _array_hook(sharer.reduce)
-
-
 # -- results: worker to parent -----------------------------------------------------------------
+
+# The descriptors of the result frame being unpickled in this thread (see receiving()).
+_local = threading.local()
 
 
 class _ResultSegments:
@@ -595,18 +525,18 @@ class _ResultSegments:
         self.fds: list[int] = []
 
     def reduce(self, arr: Any) -> Any:
-        np = _np()
+        np = np_module()
         if (
             arr.nbytes <= self.settings.max_nbytes
             or arr.size == 0
             or arr.dtype.hasobject
-            or not _shareable_type(arr, np)
+            or not shareable_type(arr, np)
         ):
             return NotImplemented
-        fill, strides = _writer(arr)
-        fd = _create_segment(arr.nbytes, self.settings, fill)
+        fill, strides = writer(arr)
+        fd, _ = create_segment(arr.nbytes, self.settings, fill)
         self.fds.append(fd)
-        lo, _ = _span(tuple(arr.shape), strides, arr.dtype.itemsize)
+        lo, _ = span(tuple(arr.shape), strides, arr.dtype.itemsize)
         return (
             rebuild_result,
             (
@@ -616,7 +546,7 @@ class _ResultSegments:
                 tuple(arr.shape),
                 strides,
                 arr.dtype,
-                _subclass(arr, np),
+                subclass_of(arr, np),
             ),
         )
 
@@ -640,7 +570,7 @@ def dumps_result(obj: Any, settings: ShareSettings, by_value: bool) -> tuple[byt
         return pickle.dumps(obj, protocol=PROTOCOL), []
     segments = _ResultSegments(settings)
     try:
-        return dumps_with(obj, _array_hook(segments.reduce), by_value), segments.fds
+        return dumps_with(obj, array_hook(segments.reduce), by_value), segments.fds
     except BaseException:
         segments.close()
         raise
@@ -662,7 +592,7 @@ def rebuild_result(
             "a result array's shared-memory segment did not arrive with the result; this is a "
             "bug in parajob or the result was unpickled outside the pool"
         )
-    np = _np()
+    np = np_module()
     mapping = _Mapping(fds[index], length, access=mmap.ACCESS_WRITE)
     arr = np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset, strides=strides)
     return arr if cls is None else arr.view(cls)

@@ -107,6 +107,8 @@ class WorkerHandle:
     eof: bool = False  # its pipe reported end of file: it is exiting
     stopping: str | None = None  # why the pool killed it (timeout, cancel, shutdown)
     sent: int = 0
+    # Ids of kept shared copies the parent freed, sent (K_FORGET) once the worker is idle.
+    forget: list[int] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -131,6 +133,8 @@ class Run:
     # Outcomes the manager thread collected, delivered (outside the lock) before it waits.
     resolutions: list[Resolution] = field(default_factory=list)
     idle_since: float = field(default_factory=time.monotonic)
+    wake_lock: threading.Lock = field(default_factory=threading.Lock)
+    wake_closed: bool = False
 
 
 def set_future(future: Future[Any], ok: bool, value: Any) -> None:
@@ -179,8 +183,24 @@ def describe_exit(exitcode: int | None) -> tuple[str, str]:
 
 
 def wake(run: Run) -> None:
-    with contextlib.suppress(BlockingIOError, OSError):
-        os.write(run.wake_w, b"\0")
+    """Wake the run's manager thread; safe from any thread, without the pool lock.
+
+    The pipe is written under the run's own small lock, and never after the run closed it:
+    its descriptor number may belong to another file by then.
+    """
+    with run.wake_lock:
+        if run.wake_closed:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(run.wake_w, b"\0")
+
+
+def close_wake_pipe(run: Run) -> None:
+    with run.wake_lock:
+        run.wake_closed = True
+        for fd in (run.wake_r, run.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def check_timeout(value: float | None, name: str = "task_timeout") -> None:

@@ -214,18 +214,29 @@ def _die_with_forkserver() -> None:
 
 
 def _rss_reader() -> Any:
+    """How much memory this worker holds on its own: resident memory minus shared pages.
+
+    Pages shared with other processes (the parent's shared arrays, kept mapped between tasks;
+    mapped files) are not the worker's growth, and replacing the worker would not free them.
+    """
     try:
         import psutil
 
         proc = psutil.Process()
-        return lambda: proc.memory_info().rss
+
+        def from_psutil() -> int:
+            info = proc.memory_info()
+            return int(info.rss - getattr(info, "shared", 0))
+
+        return from_psutil
     except ImportError:
         pass
     page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
     def from_statm() -> int:
         with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * page
+            fields = fh.read().split()
+        return (int(fields[1]) - int(fields[2])) * page
 
     return from_statm
 
@@ -358,6 +369,9 @@ def _serve(conn: Connection, channel: _Channel, status: Any, config: WorkerConfi
         kind, _, task_id = header.unpack_from(buf)
         if kind == m.K_EXIT:
             return
+        if kind == m.K_FORGET:
+            _shm.forget_copies(memoryview(buf)[hsize:])
+            continue
         status[1] = task_id
         status[2] = 1
         status[0] = -2  # loading the task

@@ -89,7 +89,7 @@ class ProcessesBackend(ParallelBackendBase):
         if max_nbytes is None:
             return  # max_nbytes=None: arrays go through the pipe, as with joblib
         from parajob.parallel._config import parse_nbytes
-        from parajob.process_pool import _shm
+        from parajob.process_pool import _sharer, _shm
 
         settings = _shm.make_settings(
             max_nbytes,
@@ -97,7 +97,7 @@ class ProcessesBackend(ParallelBackendBase):
             getattr(self.parallel, "temp_folder", None),
             parse_nbytes(os.environ.get(_shm.SHM_SIZE_ENV) or None, _shm.SHM_SIZE_ENV),
         )
-        self._sharer = _shm.ArraySharer(settings)
+        self._sharer = _sharer.ArraySharer(settings)
 
     def stop_call(self) -> None:
         self._close_sharer()
@@ -128,7 +128,7 @@ class ProcessesBackend(ParallelBackendBase):
         if sharer is None:
             sharing_arrays: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         else:
-            from parajob.process_pool._shm import sharing
+            from parajob.process_pool._sharer import sharing
 
             sharing_arrays = sharing(sharer)
         # The pool enforces both limits from when the batch starts running: the call's
