@@ -20,6 +20,8 @@ import pytest
 import xxhash
 
 from parajob import hashing
+from parajob._hashing_algorithms import _Sink
+from parajob._hashing_pickler import _FORMAT_TAG, _CanonicalPickler, _digest_bytes
 from parajob.errors import InvalidParameterError, ParajobError
 from parajob.hashing import hash as pj_hash
 
@@ -58,8 +60,8 @@ def test_digest_is_the_named_algorithm_over_the_canonical_stream(
     hash_name: str, reference: Any
 ) -> None:
     value = {"k": (1, 2.0), "s": {"b", "a"}}
-    stream = bytearray(hashing._FORMAT_TAG)
-    pickler = hashing._CanonicalPickler(hashing._Sink(stream.extend), hash_name, False, False)
+    stream = bytearray(_FORMAT_TAG)
+    pickler = _CanonicalPickler(_Sink(stream.extend), hash_name, False, False)
     pickler.dump(value)
     assert pj_hash(value, hash_name=hash_name) == reference(bytes(stream))
 
@@ -528,9 +530,9 @@ def test_reused_child_pickler_writes_what_a_fresh_one_writes() -> None:
         _cyclic_dict("c"),
         (1, "a"),
     ]
-    parent = hashing._CanonicalPickler(hashing._Sink(lambda _b: None), "xxh3_128", False, False)
+    parent = _CanonicalPickler(_Sink(lambda _b: None), "xxh3_128", False, False)
     for value in values:
-        assert parent._sub_digest(value) == hashing._digest_bytes(value, "xxh3_128", False)
+        assert parent._sub_digest(value) == _digest_bytes(value, "xxh3_128", False)
 
 
 def test_concurrent_threads_get_the_same_digests() -> None:
