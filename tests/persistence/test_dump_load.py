@@ -565,10 +565,10 @@ def test_a_full_file_object_raises_the_os_error(compress: Any) -> None:
 def test_replacing_a_file_is_atomic_for_open_readers_and_leaves_one_file(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
-    from parajob.persistence import _api
+    from parajob.persistence import _atomic_write
 
     if not exchange:
-        monkeypatch.setattr(_api, "_renameat2", False)  # the portable os.replace path
+        monkeypatch.setattr(_atomic_write, "_renameat2", False)  # the portable os.replace path
     path = tmp_path / "model.pj"
     # Over 1 MiB, so the old version's cached pages are released before the new one is written.
     old = np.arange(300_000)

@@ -1,47 +1,32 @@
-"""dump, load, dumps and loads: argument handling, compression, atomic writes, file detection."""
+"""dump, load, dumps and loads: the public functions and their argument handling.
+
+Checking the arguments (with joblib's rules for ``compress``, ``mmap_mode`` and the rest) and
+turning a path, a file object or bytes into a stream happen here; how a file is replaced
+atomically is :mod:`parajob.persistence._atomic_write`, and how a stream's format is told and
+loaded is :mod:`parajob.persistence._loading`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import io
 import operator
 import os
 import pickle
-import secrets
 import stat
-import sys
 import warnings
-from collections.abc import Callable
 from typing import IO, Any
 
-from parajob.errors import CorruptFileError, ParajobError, ParajobWarning, TruncatedFileError
-from parajob.persistence._compressors import (
-    Compressor,
-    compressor_for_filename,
-    detect_compressor,
-    get_compressor,
-    max_prefix_length,
-)
-from parajob.persistence._format import (
-    MAGIC,
-    Input,
-    map_arrays,
-    read_arrays,
-    read_head,
-    unpickle,
-    write_container,
-)
+from parajob.errors import ParajobWarning
+from parajob.persistence._arrays import MMAP_MODES
+from parajob.persistence._atomic_write import atomic_write
+from parajob.persistence._compressors import compressor_for_filename, get_compressor
+from parajob.persistence._format import write_container
+from parajob.persistence._loading import LoadSettings, load_stream
 
 __all__ = ["dump", "dumps", "load", "loads"]
 
 DEFAULT_PROTOCOL = 5
-MMAP_MODES = (None, "r", "r+", "c", "w+")
-# joblib's (and pickle's) older formats: a pickle stream starts with PROTO (0x80) for protocols
-# 2 and up; joblib < 0.10 wrote zlib files behind this prefix.
-_PICKLE_PREFIX = b"\x80"
-_OLD_JOBLIB_PREFIX = b"ZF"
 
 Compression = tuple[str, int | None]  # (compressor name, level or None for its default)
 
@@ -160,12 +145,6 @@ def _check_load_args(
     return "r+" if mmap_mode == "w+" else mmap_mode
 
 
-def _native_order(ensure_native_byte_order: Any, in_memory: bool) -> bool:
-    if ensure_native_byte_order == "auto":
-        return in_memory
-    return bool(ensure_native_byte_order)
-
-
 def _path_of(filename: Any) -> str | None:
     if isinstance(filename, (str, os.PathLike)):
         path = os.fspath(filename)
@@ -200,107 +179,6 @@ def _write(value: Any, out: IO[bytes], compression: Compression | None, protocol
             stream.close()
         raise
     stream.close()
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-_renameat2: Any = None  # resolved on first use; False when unavailable
-
-
-def _exchange(first: str, second: str) -> bool:
-    """Atomically swap two existing paths; False when the system cannot (then nothing moved).
-
-    Linux's ``renameat2(..., RENAME_EXCHANGE)``, through libc. It exists for speed: ext4 (the
-    usual Linux file system) treats a rename *over* an existing file as a hint to flush the
-    new file to disk first ("auto_da_alloc"), which made replacing a 1 GB file 3-4x slower than
-    writing it; an exchange is just as atomic for readers and is not subject to that flush.
-    """
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = False
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                function = ctypes.CDLL(None, use_errno=True).renameat2
-                function.argtypes = [
-                    ctypes.c_int,
-                    ctypes.c_char_p,
-                    ctypes.c_int,
-                    ctypes.c_char_p,
-                    ctypes.c_uint,
-                ]
-                function.restype = ctypes.c_int
-                _renameat2 = function
-    if _renameat2 is False:
-        return False
-    at_fdcwd = -100
-    result = _renameat2(
-        at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE
-    )
-    if result == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOENT, errno.EXDEV):
-        return False  # not supported here (or the target just vanished): use a plain rename
-    raise OSError(error, os.strerror(error), second)
-
-
-# Below this size, the old version's cached pages are not worth a system call.
-_RELEASE_CACHE_FROM = 1 << 20
-
-
-def _release_cached_pages(path: str) -> None:
-    """Ask the kernel to drop the page cache of a file that is about to be replaced.
-
-    Until the new version is complete, the old one must stay, so an atomic replacement would
-    otherwise hold both in the page cache: twice the file's size, taken from memory that may
-    not have been touched for a while. On virtual machines such memory costs a host page fault
-    per page; writing a 1 GB file next to its cached old version measured 3-6x slower than
-    writing it after dropping that cache. Readers of the old version are unaffected (they
-    read it from disk again). Best effort: where the call is missing or fails, nothing changes.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in its directory, then move it into place.
-
-    Readers see the old file or the new one, never a partial one; on any failure (a full disk,
-    an unpicklable object, Ctrl-C) the temporary file is removed and the old file is untouched.
-    """
-    target = os.path.realpath(path) if os.path.islink(path) else path
-    try:
-        existing = os.stat(target)
-    except OSError:
-        existing = None
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
-        # A device or FIFO (/dev/null, a pipe): there is nothing to replace, write through.
-        with open(target, "wb") as f:
-            write(f)
-        return
-    if existing is not None and existing.st_size >= _RELEASE_CACHE_FROM:
-        _release_cached_pages(target)
-    directory, name = os.path.split(os.path.abspath(target))
-    temporary = os.path.join(directory, f"{name}.parajob-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(temporary, "xb") as f:
-            write(f)
-        if existing is None:
-            os.replace(temporary, target)
-        else:
-            os.chmod(temporary, stat.S_IMODE(existing.st_mode))
-            if not _exchange(temporary, target):
-                os.replace(temporary, target)
-    finally:
-        # After an exchange the temporary name holds the old file; after a failure, the
-        # partial new one; after a plain rename, nothing.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
 
 
 def dump(
@@ -355,7 +233,7 @@ def dump(
     path = _path_of(filename)
     if path is not None:
         compression = _resolve_compress(compress, path)
-        _atomic_write(path, lambda f: _write(value, f, compression, protocol))
+        atomic_write(path, lambda f: _write(value, f, compression, protocol))
         return [path]
     if callable(getattr(filename, "write", None)):
         compression = _resolve_compress(compress, None)
@@ -403,251 +281,6 @@ def dumps(value: Any, compress: Any = 0, protocol: int | None = None) -> bytes:
 
 
 # -- reading ------------------------------------------------------------------------------------
-
-
-class _Reader(io.RawIOBase):
-    """A readable stream over another, with bytes pushed back in front of it.
-
-    Over a decompressor it also turns the decompressor's own exceptions (zlib.error, OSError,
-    LZMAError, lz4's RuntimeError, ZstdError, ...) into CorruptFileError/TruncatedFileError
-    naming the file, whoever is reading.
-    """
-
-    def __init__(self, inner: Any, source: str, compressor: str | None = None) -> None:
-        self._inner = inner
-        self._pending = b""
-        self._source = source
-        self._compressor = compressor
-        self._readinto = getattr(inner, "readinto", None)
-
-    def readable(self) -> bool:
-        return True
-
-    def push_back(self, data: bytes) -> None:
-        self._pending = data + self._pending
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._pending:
-            n = min(len(self._pending), view.nbytes)
-            view[:n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            return n
-        try:
-            if self._readinto is not None:
-                return int(self._readinto(view))
-            data = self._inner.read(view.nbytes)
-            view[: len(data)] = data
-            return len(data)
-        except (ParajobError, MemoryError):
-            raise
-        except EOFError as exc:
-            if self._compressor is None:
-                raise
-            raise TruncatedFileError(
-                f"{self._source} is truncated: its {self._compressor} stream ends early ({exc}); "
-                f"the file was probably cut short while being written or copied"
-            ) from exc
-        except Exception as exc:
-            if self._compressor is None:
-                raise
-            raise CorruptFileError(
-                f"{self._source} is corrupt: it starts like a {self._compressor} stream but "
-                f"does not decompress ({type(exc).__name__}: {exc})"
-            ) from exc
-
-
-def _read_upto(stream: Any, n: int) -> bytes:
-    pieces = []
-    got = 0
-    while got < n:
-        data = stream.read(n - got)
-        if not data:
-            break
-        pieces.append(bytes(data))
-        got += len(data)
-    return b"".join(pieces)
-
-
-def _not_ours(source: str, head: bytes) -> CorruptFileError:
-    return CorruptFileError(
-        f"{source} is not a parajob or joblib file (starts with {head[:8]!r}); give the path of a "
-        f"file written by parajob.dump or joblib.dump"
-    )
-
-
-def _load_container(
-    stream: Any,
-    *,
-    source: str,
-    available: int | None,
-    path: str | None,
-    mmap_mode: str | None,
-    ensure_native_byte_order: Any,
-    allow_pickle: bool,
-    compressed: str | None = None,
-) -> Any:
-    inp = Input(stream, source, available, position=len(MAGIC))
-    head = read_head(inp)
-    if mmap_mode is not None and path is not None:
-        arrays = map_arrays(path, head, mmap_mode)
-    else:
-        arrays = read_arrays(inp, head, _native_order(ensure_native_byte_order, True))
-    if compressed is not None:
-        # Reading on past the container makes the decompressor check its own trailer (CRC,
-        # length), so a stream cut short after the container's last byte is reported too
-        # (as TruncatedFileError). Whatever follows the stream is not this file's concern:
-        # a decompressor may try to read it as another stream and fail, which is ignored.
-        try:
-            stream.read(1)
-        except TruncatedFileError:
-            raise
-        except CorruptFileError:
-            pass
-    return unpickle(head.pickle, arrays, allow_pickle=allow_pickle, source=source)
-
-
-def _load_joblib(
-    stream: Any,
-    *,
-    name: str,
-    mmap_mode: str | None,
-    ensure_native_byte_order: Any,
-    allow_pickle: bool,
-) -> Any:
-    """Hand a joblib (or plain pickle) stream to the joblib-format reader.
-
-    ``name`` is the file's path or name, for messages and, with ``mmap_mode``, for mapping.
-    """
-    from parajob.persistence._joblib_format import load_joblib_stream
-
-    return load_joblib_stream(
-        stream,
-        filename=name,
-        mmap_mode=mmap_mode,
-        ensure_native_byte_order=_native_order(ensure_native_byte_order, mmap_mode is None),
-        allow_pickle=allow_pickle,
-    )
-
-
-def _load_stream(
-    stream: Any,
-    *,
-    source: str,
-    name: str,
-    path: str | None,
-    available: int | None,
-    start: int | None,
-    mmap_mode: str | None,
-    ensure_native_byte_order: Any,
-    allow_pickle: bool,
-) -> Any:
-    """Load from ``stream`` at a container's start; ``start`` is its offset when seekable."""
-    head = _read_upto(stream, len(MAGIC))
-    options = {
-        "source": source,
-        "ensure_native_byte_order": ensure_native_byte_order,
-        "allow_pickle": allow_pickle,
-    }
-    if head == MAGIC:
-        return _load_container(
-            stream, available=available, path=path, mmap_mode=mmap_mode, **options
-        )
-    if not head:
-        raise TruncatedFileError(f"{source} is empty; it holds no parajob or joblib data")
-    if MAGIC.startswith(head):
-        raise TruncatedFileError(
-            f"{source} is truncated: it ends after {len(head)} bytes, inside the parajob header"
-        )
-    if len(head) == len(MAGIC) and max_prefix_length() > len(head):
-        head += _read_upto(stream, max_prefix_length() - len(head))
-
-    def rewound() -> Any:
-        if start is not None:
-            stream.seek(start)
-            return stream
-        reader = _Reader(stream, source)
-        reader.push_back(head)
-        return io.BufferedReader(reader)
-
-    if head.startswith(_PICKLE_PREFIX):
-        mapped = mmap_mode if path is not None else None
-        return _load_joblib(
-            rewound(),
-            name=name,
-            mmap_mode=mapped,
-            ensure_native_byte_order=ensure_native_byte_order,
-            allow_pickle=allow_pickle,
-        )
-    if head.startswith(_OLD_JOBLIB_PREFIX):
-        raise CorruptFileError(
-            f"{source} was written by joblib older than 0.10, a format parajob does not read; "
-            f"load it with that joblib and dump it again"
-        )
-    found = detect_compressor(head)
-    if found is None:
-        raise _not_ours(source, head)
-    compressor_name, compressor = found
-    if mmap_mode is not None:
-        warnings.warn(
-            f"mmap_mode={mmap_mode!r} cannot memory-map {source}: it is {compressor_name}-"
-            f"compressed, so it "
-            f"was loaded into memory; dump without compression to memory-map it",
-            ParajobWarning,
-            stacklevel=3,
-        )
-    return _load_compressed(rewound(), compressor_name, compressor, name=name, **options)
-
-
-def _load_compressed(
-    stream: Any,
-    compressor_name: str,
-    compressor: Compressor,
-    *,
-    name: str,
-    source: str,
-    ensure_native_byte_order: Any,
-    allow_pickle: bool,
-) -> Any:
-    decompressed = compressor.decompressor_file(stream)
-    try:
-        reader = _Reader(decompressed, source, compressor=compressor_name)
-        head = _read_upto(reader, len(MAGIC))
-        options = {
-            "source": source,
-            "ensure_native_byte_order": ensure_native_byte_order,
-            "allow_pickle": allow_pickle,
-        }
-        if head == MAGIC:
-            return _load_container(
-                reader,
-                available=None,
-                path=None,
-                mmap_mode=None,
-                compressed=compressor_name,
-                **options,
-            )
-        if head.startswith(_PICKLE_PREFIX):
-            reader.push_back(head)
-            return _load_joblib(
-                io.BufferedReader(reader),
-                name=name,
-                mmap_mode=None,
-                ensure_native_byte_order=ensure_native_byte_order,
-                allow_pickle=allow_pickle,
-            )
-        if len(head) < len(MAGIC) and MAGIC.startswith(head):
-            raise TruncatedFileError(
-                f"{source} is truncated: its {compressor_name} stream ends after {len(head)} bytes, inside "
-                f"the parajob header"
-            )
-        raise CorruptFileError(
-            f"{source} is {compressor_name}-compressed, but what it holds is not a parajob or joblib file "
-            f"(starts with {head!r})"
-        )
-    finally:
-        with contextlib.suppress(Exception):
-            decompressed.close()
 
 
 def load(
@@ -731,16 +364,13 @@ def load(
                     stacklevel=2,
                 )
                 mmap_mode = None
-            return _load_stream(
+            return load_stream(
                 f,
-                source=f"file {path!r}",
-                name=path,
+                LoadSettings(f"file {path!r}", path, ensure_native_byte_order, allow_pickle),
                 path=path if regular else None,
                 available=info.st_size if regular else None,
                 start=0 if regular else None,
                 mmap_mode=mmap_mode,
-                ensure_native_byte_order=ensure_native_byte_order,
-                allow_pickle=allow_pickle,
             )
     if not callable(getattr(filename, "read", None)):
         raise ValueError(
@@ -757,16 +387,11 @@ def load(
         )
     start, available = _position_and_size(filename)
     name = getattr(filename, "name", "")
-    return _load_stream(
-        filename,
-        source=source,
-        name=name if isinstance(name, str) else "",
-        path=None,
-        available=available,
-        start=start,
-        mmap_mode=None,
-        ensure_native_byte_order=ensure_native_byte_order,
-        allow_pickle=allow_pickle,
+    settings = LoadSettings(
+        source, name if isinstance(name, str) else "", ensure_native_byte_order, allow_pickle
+    )
+    return load_stream(
+        filename, settings, path=None, available=available, start=start, mmap_mode=None
     )
 
 
@@ -827,14 +452,5 @@ def loads(data: Any, *, allow_pickle: bool = True) -> Any:
             f"returned by parajob.dumps"
         ) from None
     stream = io.BytesIO(data if isinstance(data, bytes) else view.cast("B").tobytes())
-    return _load_stream(
-        stream,
-        source="the bytes given to parajob.loads",
-        name="",
-        path=None,
-        available=view.nbytes,
-        start=0,
-        mmap_mode=None,
-        ensure_native_byte_order="auto",
-        allow_pickle=allow_pickle,
-    )
+    settings = LoadSettings("the bytes given to parajob.loads", "", "auto", allow_pickle)
+    return load_stream(stream, settings, path=None, available=view.nbytes, start=0, mmap_mode=None)

@@ -15,6 +15,7 @@ a raw zlib stream (RFC 1950), ``gzip`` a single gzip member, ``lzma`` the legacy
 from __future__ import annotations
 
 import bz2
+import importlib
 import io
 import lzma
 import zlib
@@ -223,6 +224,17 @@ class XZCompressor(LZMACompressor):
     lzma_format = lzma.FORMAT_XZ
 
 
+def _import_package(module: str, compressor: str, package: str) -> Any:
+    """Import ``module``, which ``compressor`` needs, or name the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"{compressor} compression needs the {package} package: "
+            f"pip install 'parajob[{compressor}]'"
+        ) from None
+
+
 class LZ4Compressor(Compressor):
     """An LZ4 frame (needs the ``lz4`` package); very fast, modest ratio."""
 
@@ -233,13 +245,7 @@ class LZ4Compressor(Compressor):
 
     @staticmethod
     def _frame_module() -> Any:
-        try:
-            import lz4.frame
-        except ImportError:
-            raise MissingDependencyError(
-                "lz4 compression needs the lz4 package: pip install 'parajob[lz4]'"
-            ) from None
-        return lz4.frame
+        return _import_package("lz4.frame", "lz4", "lz4")
 
     def compressor_file(self, fileobj: IO[bytes], compresslevel: int | None = None) -> IO[bytes]:
         frame = self._frame_module()
@@ -263,13 +269,7 @@ class ZstdCompressor(Compressor):
 
     @staticmethod
     def _zstandard() -> Any:
-        try:
-            import zstandard
-        except ImportError:
-            raise MissingDependencyError(
-                "zstd compression needs the zstandard package: pip install 'parajob[zstd]'"
-            ) from None
-        return zstandard
+        return _import_package("zstandard", "zstd", "zstandard")
 
     def compressor_file(self, fileobj: IO[bytes], compresslevel: int | None = None) -> IO[bytes]:
         zstandard = self._zstandard()
