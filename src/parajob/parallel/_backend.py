@@ -108,7 +108,16 @@ class ParallelBackendBase(ABC):
     ) -> int:
         """Prepare for a Parallel call and return the number of workers it will get."""
         self.parallel = parallel
-        return self.effective_n_jobs(n_jobs)
+        n = self.effective_n_jobs(n_jobs)
+        self._prepare_workers(n)
+        return n
+
+    def _prepare_workers(self, n: int) -> None:
+        """Get ``n`` workers ready for the call being configured (``self.parallel`` is set).
+
+        Our backends override this hook rather than :meth:`configure`, so that joblib's
+        signature and the worker count live here once.
+        """
 
     def start_call(self) -> None:
         """Called at the start of each Parallel call."""

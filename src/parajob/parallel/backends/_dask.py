@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from parajob.errors import InvalidParameterError, MissingDependencyError, TerminatedWorkerError
 from parajob.parallel._backend import ParallelBackendBase
-from parajob.parallel._tasks import Batch, BatchResult
-from parajob.parallel.backends._remote import ArgumentScatterer, RemoteContext, run_remote_batch
+from parajob.parallel._tasks import BatchResult
+from parajob.parallel.backends._remote import ClusterBackend, check_batch_result, run_remote_batch
 
 __all__ = ["DaskBackend"]
 
@@ -50,7 +49,7 @@ def _import_distributed() -> Any:
     return distributed
 
 
-class DaskBackend(ParallelBackendBase):
+class DaskBackend(ClusterBackend):
     """Run Parallel's batches on a ``dask.distributed`` cluster.
 
     Use it with ``parallel_config(backend="dask")`` (or ``Parallel(backend="dask")``) while a
@@ -84,8 +83,9 @@ class DaskBackend(ParallelBackendBase):
     .. versionadded:: 0.1
     """
 
-    default_n_jobs = -1
-    supports_initializer = True
+    _name = "dask"
+    _all_workers = "every thread of the dask cluster"
+    _parameters = "client= and wait_for_workers_timeout="
 
     def __init__(
         self,
@@ -94,24 +94,15 @@ class DaskBackend(ParallelBackendBase):
         wait_for_workers_timeout: float = 10.0,
         **backend_kwargs: Any,
     ) -> None:
-        if backend_kwargs:
-            raise InvalidParameterError(
-                f"unexpected parameters {sorted(backend_kwargs)} for the dask backend; it takes"
-                f" client= and wait_for_workers_timeout="
-            )
+        super().__init__(nesting_level=nesting_level, **backend_kwargs)
         if isinstance(wait_for_workers_timeout, bool) or not wait_for_workers_timeout >= 0:
             raise InvalidParameterError(
                 f"wait_for_workers_timeout must be a number of seconds >= 0, got "
                 f"{wait_for_workers_timeout!r}"
             )
-        super().__init__(nesting_level=nesting_level)
         self.client = client
         self.wait_for_workers_timeout = float(wait_for_workers_timeout)
-        self._lock = threading.Lock()
-        self._pending: dict[Any, str] = {}  # future -> description of its batch
-        self._scatterer: ArgumentScatterer | None = None
         self._call_client: Any = None
-        self._context: RemoteContext | None = None
         self._keys = itertools.count()
         self._call_token = uuid.uuid4().hex[:12]
         self._seceded = False
@@ -136,7 +127,8 @@ class DaskBackend(ParallelBackendBase):
                 "client=client)"
             ) from None
 
-    def _total_threads(self, client: Any) -> int:
+    def _count_slots(self) -> int:
+        client = self.get_client()
         total = sum(client.nthreads().values())
         if total == 0 and self.wait_for_workers_timeout > 0:
             try:
@@ -152,34 +144,13 @@ class DaskBackend(ParallelBackendBase):
             )
         return int(total)
 
-    def effective_n_jobs(self, n_jobs: int) -> int:
-        if n_jobs is None:
-            n_jobs = self.default_n_jobs
-        if n_jobs == 0:
-            raise ValueError(
-                "n_jobs must be a non-zero int, got 0; use -1 for every thread of the dask cluster"
-            )
-        if n_jobs > 0:
-            return int(n_jobs)
-        return max(self._total_threads(self.get_client()) + 1 + n_jobs, 1)
-
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        self.parallel = parallel
-        client = self.get_client()
-        self._call_client = client
-        n = self.effective_n_jobs(n_jobs)
-        self._context = RemoteContext.for_call("dask", self.nesting_level, parallel)
+    def _prepare_workers(self, n: int) -> None:
+        # Set before the call's context: _prepare_batch takes a context to mean both are.
+        self._call_client = self.get_client()
+        super()._prepare_workers(n)
         self._direct_known = False
-        return n
 
-    def _scatter(self, value: Any) -> Any:
+    def _send(self, value: Any) -> Any:
         # hash=False: the object is identified by this call, not by its content (hashing
         # 200 MB costs more than it saves).
         if not self._direct_known:
@@ -190,22 +161,22 @@ class DaskBackend(ParallelBackendBase):
     # -- a call -----------------------------------------------------------------------------
 
     def start_call(self) -> None:
-        self._scatterer = ArgumentScatterer(self._scatter)
+        super().start_call()
         self._call_token = uuid.uuid4().hex[:12]
         self._direct_known = False  # the cluster may have changed since the last call
         self._secede_if_in_task()
 
     def stop_call(self) -> None:
         try:
-            scatterer, self._scatterer = self._scatterer, None
-            if scatterer is not None:
-                handles = scatterer.clear()
-                if handles and self._call_client is not None:
-                    # Release the scattered data now rather than when the futures are
-                    # garbage-collected, so a 200 MB array does not outlive its call.
-                    self._call_client.cancel(handles)
+            super().stop_call()
         finally:
             self._rejoin()
+
+    def _release(self, handles: list[Any]) -> None:
+        if handles and self._call_client is not None:
+            # Release the scattered data now rather than when the futures are
+            # garbage-collected, so a 200 MB array does not outlive its call.
+            self._call_client.cancel(handles)
 
     def _secede_if_in_task(self) -> None:
         """Inside a dask task, give the worker thread back while this nested call waits."""
@@ -227,25 +198,16 @@ class DaskBackend(ParallelBackendBase):
             _import_distributed().rejoin()
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
-        if not isinstance(func, Batch):
-            raise TypeError(f"the dask backend runs Parallel batches, got {func!r}")
-        if self._context is None or self._call_client is None:
-            self.configure(n_jobs=-1, parallel=self.parallel)
-        if self._scatterer is None:
-            self._scatterer = ArgumentScatterer(self._scatter)
-        threshold = getattr(self.parallel, "_max_nbytes", 1 << 20)
-        batch, handles = self._scatterer.prepare(func, threshold)
-        key = f"parajob-{self._call_token}-{func.first_index}-{next(self._keys)}"
+        batch, handles = self._prepare_batch(func)
+        key = f"parajob-{self._call_token}-{batch.first_index}-{next(self._keys)}"
         future = self._call_client.submit(
             run_remote_batch, batch, self._context, handles, key=key, pure=False
         )
-        wrapper = _DaskFuture(future, func.describe())
-        with self._lock:
-            self._pending[future] = wrapper.description
+        wrapper = _DaskFuture(future, batch.describe())
+        self._track(future, future)
 
         def done(fut: Any) -> None:
-            with self._lock:
-                self._pending.pop(fut, None)
+            self._untrack(fut)
             if callback is not None:
                 callback(wrapper)
 
@@ -258,17 +220,14 @@ class DaskBackend(ParallelBackendBase):
         return _dask_result(future, description)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        with self._lock:
-            futures = list(self._pending)
-            self._pending.clear()
+        futures = self._take_pending()
         if futures and self._call_client is not None:
             self._call_client.cancel(futures)
 
     def terminate(self) -> None:
         # The client and cluster belong to the user; only forget this call's state.
-        self.abort_everything()
+        super().terminate()
         self._call_client = None
-        self._context = None
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         return DaskBackend(nesting_level=(self.nesting_level or 0) + 1), None
@@ -349,9 +308,4 @@ def _dask_result(future: Any, description: str, timeout: float | None = None) ->
             f"a task queued behind the culprit; the cluster replaces dead workers, so the next "
             f"call works (raise distributed.scheduler.allowed-failures to try more often)"
         ) from exc
-    if not isinstance(result, BatchResult):
-        raise TypeError(
-            f"a dask worker returned {type(result).__name__} for {description}; expected a "
-            f"BatchResult"
-        )
-    return result
+    return check_batch_result(result, "dask", description)

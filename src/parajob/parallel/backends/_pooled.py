@@ -30,23 +30,13 @@ class PooledBackend(ParallelBackendBase):
     def effective_n_jobs(self, n_jobs: int) -> int:
         return effective_n_jobs_within_budget(n_jobs)
 
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        self.parallel = parallel
-        n = self.effective_n_jobs(n_jobs)
-        initializer, initargs = worker_setup(parallel)
+    def _prepare_workers(self, n: int) -> None:
+        initializer, initargs = worker_setup(self.parallel)
         key = (n, initializer, initargs)
         if self._pool is None or key != self._key:
             self.terminate()
             self._pool = self._start_pool(n, initializer, initargs)
             self._key = key
-        return n
 
     def terminate(self) -> None:
         pool, self._pool = self._pool, None

@@ -60,19 +60,10 @@ class ProcessesBackend(ParallelBackendBase):
     def effective_n_jobs(self, n_jobs: int) -> int:
         return effective_n_jobs_within_budget(n_jobs)
 
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
+    def _prepare_workers(self, n: int) -> None:
         from parajob.process_pool import get_executor
 
-        self.parallel = parallel
-        n = self.effective_n_jobs(n_jobs)
-        initializer, initargs = worker_setup(parallel)
+        initializer, initargs = worker_setup(self.parallel)
         self._n_jobs = n
         self._pool = get_executor(
             n,
@@ -81,7 +72,6 @@ class ProcessesBackend(ParallelBackendBase):
             inner_max_num_threads=self.inner_max_num_threads,
             **self.pool_options,
         )
-        return n
 
     def start_call(self) -> None:
         self._close_sharer()

@@ -18,7 +18,12 @@ from typing import Any
 from parajob.errors import InvalidParameterError, MissingDependencyError, TerminatedWorkerError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._tasks import Batch, BatchResult
-from parajob.parallel.backends._remote import ArgumentScatterer, RemoteContext, run_remote_batch
+from parajob.parallel.backends._remote import (
+    ClusterBackend,
+    RemoteContext,
+    check_batch_result,
+    run_remote_batch,
+)
 
 __all__ = ["RayBackend"]
 
@@ -64,7 +69,7 @@ def _remote() -> Any:
         return _remote_function[0]
 
 
-class RayBackend(ParallelBackendBase):
+class RayBackend(ClusterBackend):
     """Run Parallel's batches as tasks on a Ray cluster.
 
     Use it with ``parallel_config(backend="ray")``. When Ray is not initialized yet, the first
@@ -92,8 +97,9 @@ class RayBackend(ParallelBackendBase):
     .. versionadded:: 0.1
     """
 
-    default_n_jobs = -1
-    supports_initializer = True
+    _name = "ray"
+    _all_workers = "every CPU of the Ray cluster"
+    _parameters = "address= and ray_remote_args="
 
     def __init__(
         self,
@@ -102,23 +108,14 @@ class RayBackend(ParallelBackendBase):
         ray_remote_args: Mapping[str, Any] | None = None,
         **backend_kwargs: Any,
     ) -> None:
-        if backend_kwargs:
-            raise InvalidParameterError(
-                f"unexpected parameters {sorted(backend_kwargs)} for the ray backend; it takes "
-                f"address= and ray_remote_args="
-            )
+        super().__init__(nesting_level=nesting_level, **backend_kwargs)
         if ray_remote_args is not None and not isinstance(ray_remote_args, Mapping):
             raise InvalidParameterError(
                 f"ray_remote_args must be a dict of Ray task options such as {{'num_cpus': 1}},"
                 f" got {ray_remote_args!r}"
             )
-        super().__init__(nesting_level=nesting_level)
         self.address = address
         self.ray_remote_args = dict(ray_remote_args or {"num_cpus": 1})
-        self._lock = threading.Lock()
-        self._pending: dict[Any, Any] = {}  # future (or the ref itself) -> ObjectRef
-        self._scatterer: ArgumentScatterer | None = None
-        self._context: RemoteContext | None = None
 
     def _ray(self) -> Any:
         ray = _import_ray()
@@ -126,75 +123,39 @@ class RayBackend(ParallelBackendBase):
             ray.init(address=self.address)
         return ray
 
-    def effective_n_jobs(self, n_jobs: int) -> int:
-        if n_jobs is None:
-            n_jobs = self.default_n_jobs
-        if n_jobs == 0:
-            raise ValueError(
-                "n_jobs must be a non-zero int, got 0; use -1 for every CPU of the Ray cluster"
-            )
-        if n_jobs > 0:
-            return int(n_jobs)
+    def _count_slots(self) -> int:
         per_task = float(self.ray_remote_args.get("num_cpus", 1)) or 1.0
         cpus = float(self._ray().cluster_resources().get("CPU", 1))
-        slots = max(int(cpus // per_task), 1)
-        return max(slots + 1 + n_jobs, 1)
+        return max(int(cpus // per_task), 1)
 
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        self.parallel = parallel
-        n = self.effective_n_jobs(n_jobs)
+    def _prepare_workers(self, n: int) -> None:
         # Inside a Ray task, a nested call must wait with ray.get in the task's own thread:
         # only that releases the task's CPU to the nested tasks (waiting elsewhere deadlocks
         # a cluster whose CPUs are all held by outer tasks). Without completion callbacks
         # the dispatcher waits through retrieve_result, in the calling thread.
         self.supports_retrieve_callback = not _in_ray_task(self._ray())
-        self._context = RemoteContext.for_call("ray", self.nesting_level, parallel)
-        return n
+        super()._prepare_workers(n)
 
-    def _put(self, value: Any) -> Any:
+    def _send(self, value: Any) -> Any:
+        # Dropping the last references to what this returns (the default _release) frees the
+        # objects in the store.
         return self._ray().put(value)
 
-    def start_call(self) -> None:
-        self._scatterer = ArgumentScatterer(self._put)
-
-    def stop_call(self) -> None:
-        scatterer, self._scatterer = self._scatterer, None
-        if scatterer is not None:
-            # Dropping the last references frees the objects in the store.
-            scatterer.clear()
-
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
-        if not isinstance(func, Batch):
-            raise TypeError(f"the ray backend runs Parallel batches, got {func!r}")
-        if self._context is None:
-            self.configure(n_jobs=-1, parallel=self.parallel)
-        if self._scatterer is None:
-            self._scatterer = ArgumentScatterer(self._put)
-        threshold = getattr(self.parallel, "_max_nbytes", 1 << 20)
-        batch, handles = self._scatterer.prepare(func, threshold)
+        batch, handles = self._prepare_batch(func)
         self._ray()
         remote = _remote().options(**self.ray_remote_args)
         tokens = tuple(handles)
         ref = remote.remote(batch, self._context, tokens, *handles.values())
-        description = func.describe()
+        description = batch.describe()
         if not self.supports_retrieve_callback:
-            with self._lock:
-                self._pending[ref] = ref
+            self._track(ref, ref)
             return _RayFuture(None, description, ref)
         future: Future[Any] = ref.future()
-        with self._lock:
-            self._pending[future] = ref
+        self._track(future, ref)
 
         def done(fut: Future[Any]) -> None:
-            with self._lock:
-                self._pending.pop(fut, None)
+            self._untrack(fut)
             if callback is not None:
                 callback(_RayFuture(fut, description))
 
@@ -212,8 +173,7 @@ class RayBackend(ParallelBackendBase):
             raise TimeoutError(f"{out.description} is still running") from None
         except Exception as exc:
             value = _Failed(exc)
-        with self._lock:
-            self._pending.pop(out.ref, None)
+        self._untrack(out.ref)
         return value
 
     def retrieve_result_callback(self, out: Any) -> BatchResult:
@@ -227,9 +187,7 @@ class RayBackend(ParallelBackendBase):
         return value
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        with self._lock:
-            refs = list(self._pending.values())
-            self._pending.clear()
+        refs = self._take_pending()
         if not refs:
             return
         ray = _import_ray()
@@ -245,11 +203,6 @@ class RayBackend(ParallelBackendBase):
             ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT)
         except Exception:
             pass
-
-    def terminate(self) -> None:
-        # Ray and its cluster belong to the user (or to the process): only forget the call.
-        self.abort_everything()
-        self._context = None
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         return (
@@ -328,9 +281,4 @@ def _ray_result(future: Any, description: str, timeout: float | None = None) -> 
             f"the Ray worker running {description} died (segfault, os._exit, out of memory, "
             f"...): {exc}; Ray starts a new worker, so the next call works"
         ) from exc
-    if not isinstance(result, BatchResult):
-        raise TypeError(
-            f"a Ray worker returned {type(result).__name__} for {description}; expected a "
-            f"BatchResult"
-        )
-    return result
+    return check_batch_result(result, "Ray", description)

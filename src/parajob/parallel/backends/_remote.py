@@ -4,22 +4,32 @@ A call replaces each large argument by a :class:`ScatteredArgument` token and sh
 to the cluster once (``client.scatter`` or ``ray.put``); :func:`run_remote_batch`, the function
 the workers run, puts the values back, runs the call's initializer once per worker process and
 runs the batch inside a ``parallel_config`` whose backend is the same cluster, so nested
-Parallel calls stay there.
+Parallel calls stay there. :class:`ClusterBackend` is the caller's side of that: the shape of a
+call on a cluster that both backends have, whatever their cluster's API.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from parajob.errors import InvalidParameterError
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._tasks import Batch, BatchResult, Task
 from parajob.parallel.backends._pooled import worker_setup
 
-__all__ = ["ArgumentScatterer", "RemoteContext", "ScatteredArgument", "run_remote_batch"]
+__all__ = [
+    "ArgumentScatterer",
+    "ClusterBackend",
+    "RemoteContext",
+    "ScatteredArgument",
+    "check_batch_result",
+    "run_remote_batch",
+]
 
 # Types whose values are never worth scattering: checked first, so that the common case of
 # many tiny tasks with scalar arguments costs one set lookup per argument.
@@ -228,3 +238,110 @@ def run_remote_batch(
     context.run_initializer_once()
     with parallel_config(backend=context.nested_backend()):
         return batch()
+
+
+def check_batch_result(result: Any, worker: str, description: str) -> BatchResult:
+    """Return ``result``, failing if a ``worker`` worker sent anything but a BatchResult."""
+    if not isinstance(result, BatchResult):
+        raise TypeError(
+            f"a {worker} worker returned {type(result).__name__} for {description}; expected a "
+            f"BatchResult"
+        )
+    return result
+
+
+class ClusterBackend(ParallelBackendBase):
+    """The caller's side of a Parallel call on a cluster (the dask and Ray backends).
+
+    A subclass names itself and what ``n_jobs=-1`` covers, and implements
+    :meth:`_count_slots` (how many batches the cluster runs at once), :meth:`_send` (put one
+    object on the cluster), ``submit`` (starting with :meth:`_prepare_batch`) and
+    ``abort_everything`` (cancelling what :meth:`_take_pending` returns).
+    """
+
+    default_n_jobs = -1
+    supports_initializer = True
+
+    # The backend's registered name (messages, RemoteContext), what n_jobs=-1 means on its
+    # cluster, and the parameters its constructor takes (for the unexpected-parameter error).
+    _name: ClassVar[str]
+    _all_workers: ClassVar[str]
+    _parameters: ClassVar[str]
+
+    def __init__(self, nesting_level: int | None = None, **backend_kwargs: Any) -> None:
+        if backend_kwargs:
+            raise InvalidParameterError(
+                f"unexpected parameters {sorted(backend_kwargs)} for the {self._name} backend; "
+                f"it takes {self._parameters}"
+            )
+        super().__init__(nesting_level=nesting_level)
+        self._lock = threading.Lock()
+        # What abort_everything cancels (a future or ObjectRef), by what its completion
+        # callback receives; filled by _track, emptied by _untrack and _take_pending.
+        self._pending: dict[Any, Any] = {}
+        self._scatterer: ArgumentScatterer | None = None
+        self._context: RemoteContext | None = None
+
+    @abstractmethod
+    def _count_slots(self) -> int:
+        """How many batches the cluster can run at once (what ``n_jobs=-1`` gets)."""
+
+    @abstractmethod
+    def _send(self, value: Any) -> Any:
+        """Put ``value`` on the cluster once; return the handle its workers resolve."""
+
+    def _release(self, handles: list[Any]) -> None:
+        """Free the objects sent during the call (dropping the last handles does, by default)."""
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs == 0:
+            raise ValueError(
+                f"n_jobs must be a non-zero int, got 0; use -1 for {self._all_workers}"
+            )
+        if n_jobs > 0:
+            return int(n_jobs)
+        return max(self._count_slots() + 1 + n_jobs, 1)
+
+    def _prepare_workers(self, n: int) -> None:
+        self._context = RemoteContext.for_call(self._name, self.nesting_level, self.parallel)
+
+    def start_call(self) -> None:
+        self._scatterer = ArgumentScatterer(self._send)
+
+    def stop_call(self) -> None:
+        scatterer, self._scatterer = self._scatterer, None
+        if scatterer is not None:
+            self._release(scatterer.clear())
+
+    def _prepare_batch(self, func: Callable[[], Any]) -> tuple[Batch, dict[str, Any]]:
+        """Return the batch to send for ``func`` and the handles of its scattered arguments."""
+        if not isinstance(func, Batch):
+            raise TypeError(f"the {self._name} backend runs Parallel batches, got {func!r}")
+        if self._context is None:
+            self.configure(n_jobs=-1, parallel=self.parallel)
+        if self._scatterer is None:
+            self._scatterer = ArgumentScatterer(self._send)
+        threshold = getattr(self.parallel, "_max_nbytes", 1 << 20)
+        return self._scatterer.prepare(func, threshold)
+
+    def _track(self, key: Any, handle: Any) -> None:
+        with self._lock:
+            self._pending[key] = handle
+
+    def _untrack(self, key: Any) -> None:
+        with self._lock:
+            self._pending.pop(key, None)
+
+    def _take_pending(self) -> list[Any]:
+        """Forget the batches still pending; return their handles, to cancel them."""
+        with self._lock:
+            handles = list(self._pending.values())
+            self._pending.clear()
+        return handles
+
+    def terminate(self) -> None:
+        # The cluster belongs to the user (or, for Ray, to the process): only forget the call.
+        self.abort_everything()
+        self._context = None

@@ -29,19 +29,10 @@ class SequentialBackend(ParallelBackendBase):
             )
         return 1
 
-    def configure(
-        self,
-        n_jobs: int = 1,
-        parallel: Any = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        **backend_kwargs: Any,
-    ) -> int:
-        self.parallel = parallel
-        initializer, initargs = worker_setup(parallel)
+    def _prepare_workers(self, n: int) -> None:
+        initializer, initargs = worker_setup(self.parallel)
         if initializer is not None:
             initializer(*initargs)
-        return 1
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         future: Future[Any] = Future()
