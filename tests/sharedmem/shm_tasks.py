@@ -124,3 +124,28 @@ def write_first(a: Any, value: float) -> float:
 def pid_and_sum(a: Any) -> tuple[int, float]:
     """Read the whole array; return (worker pid, sum)."""
     return os.getpid(), float(a.sum())
+
+
+def make_writeable(a: Any) -> str:
+    """Try to turn a read-only argument writeable; report what numpy said."""
+    try:
+        a.flags.writeable = True
+    except ValueError as exc:
+        return f"refused: {exc}"
+    return "allowed"
+
+
+def max_at(a: Any, index: Any) -> float:
+    """Return the largest of ``a[index]``."""
+    return float(np.asarray(a)[index].max())
+
+
+_kept_alive: list[Any] = []
+
+
+def write_and_keep(a: Any, value: float) -> float:
+    """Write ``value`` into a[0] and keep the array alive in this worker; return the old a[0]."""
+    old = float(a[0])
+    a[0] = value
+    _kept_alive.append(a)
+    return old

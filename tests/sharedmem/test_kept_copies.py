@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shm_tasks as t
-from shm_helpers import held_in, wait_until_released
+from shm_helpers import held_in, mapped_rss_kib, wait_until_released
 
 from parajob import Parallel, delayed, parallel_config
 from parajob.process_pool import _sharer, free_shared_arrays
@@ -225,3 +225,75 @@ def test_a_bad_keep_budget_is_named_before_the_call_runs(
     monkeypatch.setenv(_sharer.KEEP_ENV, "lots")
     with pytest.raises(ValueError, match=r"PARAJOB_SHM_KEEP.*'lots'"):
         Parallel(n_jobs=2)(delayed(t.where)(np.ones(BIG)) for _ in range(2))
+
+
+def test_copy_on_write_writes_never_reach_a_later_call(shm_dir: Path) -> None:
+    a = np.zeros(BIG)
+    # Tasks keep their argument alive in the worker: its mapping must still not be reused.
+    first = Parallel(n_jobs=2, mmap_mode="c")(delayed(t.write_and_keep)(a, 7.0) for _ in range(4))
+    second = Parallel(n_jobs=2, mmap_mode="c")(delayed(t.write_and_keep)(a, 8.0) for _ in range(4))
+    assert first == second == [0.0] * 4
+
+
+def test_a_copy_describes_the_bytes_written_even_if_the_array_changes_meanwhile(
+    shm_dir: Path,
+) -> None:
+    n = 2_000_000  # 16 MB: 16 hashed slices of 1 MiB
+    ends = np.arange(1, 16) * ((1 << 20) // 8) - 1  # the last value of each slice
+    for _ in range(8):
+        x = np.zeros(n)
+        stop = threading.Event()
+
+        def toggle(x: np.ndarray = x, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                x[ends] = 1.0
+                x[ends] = 0.0
+
+        th = threading.Thread(target=toggle)
+        th.start()
+        try:
+            Parallel(n_jobs=2)(delayed(t.max_at)(x, ends) for _ in range(2))  # races the copy
+        finally:
+            stop.set()
+            th.join(timeout=60)
+        x[ends] = 0.0  # from now on x is all zeros and nothing changes it
+        assert Parallel(n_jobs=2)(delayed(t.max_at)(x, ends) for _ in range(2)) == [0.0, 0.0]
+        free_shared_arrays()
+
+
+def test_a_freed_copy_gives_its_memory_back_while_workers_still_map_it(
+    shm_dir: Path, tmp_path: Path
+) -> None:
+    a = np.ones(BIG)
+    pids = {pid for pid, _ in Parallel(n_jobs=2)(delayed(t.pid_and_sum)(a) for _ in range(8))}
+    assert sum(mapped_rss_kib(pid, shm_dir) for pid in pids) > 0
+    gate = str(tmp_path / "gate")
+    small = np.zeros(10)
+    runner = threading.Thread(
+        target=lambda: Parallel(n_jobs=2)(delayed(t.wait_for_file)(small, gate) for _ in range(2))
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".started") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        del a  # both workers are busy and still map the copy: its pages must go anyway
+        assert sum(mapped_rss_kib(pid, shm_dir) for pid in pids) == 0
+    finally:
+        open(gate, "w").close()
+        runner.join(timeout=60)
+    assert wait_until_released(shm_dir) == []
+
+
+def test_waking_a_pool_manager_is_reentrant() -> None:
+    # A garbage collection inside wake() can free an array whose kept copy then wakes the
+    # same run again (forget_copies), in the same thread: that must not deadlock.
+    from parajob.process_pool import ProcessPool
+    from parajob.process_pool._state import wake
+
+    with ProcessPool(1) as pool:
+        assert pool.submit(int, 3).result(timeout=60) == 3
+        run = pool._run
+        assert run is not None
+        with run.wake_lock:
+            wake(run)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,17 @@ def test_full_shm_falls_back_to_temp_folder_with_a_warning(
         )
     assert out == [("memmap", True, False, float(a.sum()))] * 2
     assert os.listdir(fallback) == [] and os.listdir(shm_dir) == []
+
+
+def test_the_fallback_warning_as_an_error_is_raised_as_itself(
+    shm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_shm.SHM_SIZE_ENV, "1K")
+    a = np.arange(BIG, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedMemoryWarning)  # as python -W error does
+        with pytest.raises(SharedMemoryWarning, match="too little room"):
+            Parallel(n_jobs=2, temp_folder=str(tmp_path))(delayed(t.describe)(a) for _ in range(2))
 
 
 def test_no_room_anywhere_names_the_size_and_the_places(

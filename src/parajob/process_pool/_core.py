@@ -51,8 +51,8 @@ from parajob.errors import (
     PoolClosedError,
     WorkerStartError,
 )
+from parajob.process_pool import _mapping
 from parajob.process_pool import _messages as m
-from parajob.process_pool import _shm
 from parajob.process_pool._state import (
     BROKEN,
     CLOSED,
@@ -67,6 +67,9 @@ from parajob.process_pool._state import (
 )
 
 __all__ = ["PoolCore"]
+
+# Ids per K_FORGET frame (8 bytes each): a frame stays far below a socket's buffer.
+_FORGET_PER_FRAME = 2048
 
 
 class PoolCore:
@@ -119,24 +122,24 @@ class PoolCore:
     def _send_forgets_locked(self, run: Run) -> None:
         """Pass on the kept shared copies the parent freed (see :meth:`forget_copies`).
 
-        Each worker gets the ids when it is idle, or just before its next task: a K_FORGET
-        frame never waits in a pipe behind a long task, so such frames cannot pile up.
+        Every worker that may have mapped one queues the ids, and gets them once it is idle,
+        so a K_FORGET frame is read at once and never waits in a pipe behind a long task (the
+        parent has already emptied the files: a late frame only delays unmapping).
         """
         outbox = self._forget_outbox
         if outbox:
             ids = [outbox.popleft() for _ in range(len(outbox))]
             for w in run.workers:
-                if w.ready and w.active:
+                if not (w.eof or w.exit_sent):
                     w.forget.extend(ids)
         for w in run.workers:
-            if w.forget and not w.inflight:
-                self._send_forget_locked(w)
-
-    def _send_forget_locked(self, w: WorkerHandle) -> None:
-        body = b"".join(_shm.COPY_ID.pack(i) for i in w.forget)
-        w.forget.clear()
-        with contextlib.suppress(OSError):  # a dead worker's mappings are gone anyway
-            w.conn.send_bytes(m.frame(m.K_FORGET, 0, body))
+            if w.forget and not w.inflight and not (w.eof or w.exit_sent):
+                ids, w.forget = w.forget, []
+                # An idle worker is reading, and each frame stays far below a socket's buffer.
+                for at in range(0, len(ids), _FORGET_PER_FRAME):
+                    body = b"".join(map(_mapping.COPY_ID.pack, ids[at : at + _FORGET_PER_FRAME]))
+                    with contextlib.suppress(OSError):  # a dead worker's mappings are gone
+                        w.conn.send_bytes(m.frame(m.K_FORGET, 0, body))
 
     def _dispatch_locked(self, run: Run, to_resolve: list[Resolution]) -> None:
         pending = self._pending
@@ -160,8 +163,6 @@ class PoolCore:
                 if not work.future.set_running_or_notify_cancel():
                     continue  # cancelled by its owner before it started
                 work.started = True
-            if target.forget:
-                self._send_forget_locked(target)
             try:
                 target.conn.send_bytes(work.frame)
             except OSError:

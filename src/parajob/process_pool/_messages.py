@@ -21,7 +21,13 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from parajob.errors import ParajobError, RemoteTaskError, SharedMemoryError, TaskPicklingError
+from parajob.errors import (
+    ParajobError,
+    RemoteTaskError,
+    SharedMemoryError,
+    SharedMemoryWarning,
+    TaskPicklingError,
+)
 from parajob.process_pool import _sharer, _shm
 
 __all__ = [
@@ -132,8 +138,10 @@ def dumps_payload(payload: Any, functions: Sequence[Any]) -> bytes:
             if hook is None:
                 return pickle.dumps(payload, protocol=PROTOCOL)
             return _shm.dumps_with(payload, hook, by_value=False)
-        except SharedMemoryError:
-            raise  # no room for an array: cloudpickle would not find any either
+        except (SharedMemoryError, SharedMemoryWarning):
+            # No room for an array (or its fallback warning, raised under -W error):
+            # cloudpickle would meet the same.
+            raise
         except Exception:
             pass  # e.g. a lambda among the arguments: cloudpickle below handles it
     if hook is None:

@@ -3,13 +3,14 @@
 Moving parts::
 
     parent (``_sharer``: one ArraySharer per Parallel call, installed around submit)
-      pickling a task: an array above max_nbytes is copied into an *unnamed* file (O_TMPFILE)
-        in the shm folder (else temp_folder / the system temp dir); the parent keeps the
-        file's descriptor open; the pickle holds (parent pid, fd, device, inode) and the
-        array's layout
+      pickling a task: an array above max_nbytes is copied into *unnamed* files (O_TMPFILE)
+        in the shm folder (else temp_folder / the system temp dir), in a few pieces written at
+        once when it is large; the parent keeps the files' descriptors open; the pickle holds
+        a ``_mapping.Segment`` (parent pid, and each piece's fd, device, inode and size)
       np.memmap arguments: (path, offset, layout), the worker maps the same file
-    worker
-      unpickling: open /proc/<parent pid>/fd/<fd>, check device and inode, mmap, close
+    worker (``_mapping``)
+      unpickling: open /proc/<parent pid>/fd/<fd> for each piece, check device and inode,
+        map the pieces back to back
       pickling results: an array above max_nbytes goes to an unnamed file whose descriptor
         follows the result frame over the worker's socket (SCM_RIGHTS)
     parent manager thread: receives those descriptors right after the frame, maps each one
@@ -20,10 +21,9 @@ storage when the last descriptor or mapping goes away, however the processes end
 included), so nobody has to unlink anything. Sizes still count against the folder's
 filesystem, which is why room is checked there.
 
-This module holds what both sides use (segments, layouts, mapping, the picklers, results);
-``_sharer`` holds the parent's side of arguments. Only the standard library is imported here
-(this module is loaded in every worker); numpy is imported when an array is met, so it is
-already loaded by then.
+This module holds what both sides use to write segments (places, room, writers), the picklers
+and the results path. Only the standard library is imported here (this module is loaded in
+every worker); numpy is imported when an array is met, so it is already loaded by then.
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ import sys
 import tempfile
 import threading
 import warnings
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from parajob.errors import SharedMemoryError, SharedMemoryWarning
+from parajob.process_pool._mapping import SharedMapping, span
 
 __all__ = [
     "SHM_DIR_ENV",
@@ -55,7 +54,7 @@ __all__ = [
     "array_hook",
     "dumps_result",
     "dumps_with",
-    "forget_copies",
+    "piece_sizes",
     "receive_fds",
     "receiving",
     "send_fds",
@@ -73,6 +72,8 @@ _WRITE_CHUNK = 1 << 30
 _COPY_CHUNK = 64 << 20
 # Hashed and written together: small enough to stay in the CPU's cache in between.
 _HASH_CHUNK = 1 << 20
+# Pieces of a copy written in parallel end on this boundary (a multiple of any page size).
+_PIECE_ALIGN = 2 << 20
 # SCM_RIGHTS carries at most 253 descriptors per message on Linux.
 _FDS_PER_MESSAGE = 250
 _COUNT = struct.Struct("<I")
@@ -166,16 +167,19 @@ def _open_unnamed(place: str) -> int:
 
 
 def create_segment(
-    nbytes: int,
+    sizes: list[int],
     settings: ShareSettings,
-    fill: Callable[[int], None],
+    fill: Callable[[int, int], None],
     make_room: Callable[[int], None] | None = None,
-) -> tuple[int, bool]:
-    """Return (descriptor, in the shm folder) of a new unnamed file written by ``fill``.
+) -> tuple[list[int], bool]:
+    """Return (descriptors, in the shm folder) of new unnamed files, one per piece.
 
+    ``fill(i, fd)`` writes piece ``i`` (``sizes[i]`` bytes); pieces after the first are
+    written by threads of their own, since a tmpfs file is filled by one writer at a time.
     ``make_room(nbytes)``, when given, is asked to free shared memory (copies kept from
     earlier calls) before the shm folder is given up for lack of room.
     """
+    nbytes = sum(sizes)
     tried: list[str] = []
     shm_was_full = False
     for place, cap, is_shm in _places(settings):
@@ -191,41 +195,85 @@ def create_segment(
             tried.append(f"{place} ({_human(free)} free)")
             shm_was_full |= is_shm
             continue
+        fds: list[int] = []
         try:
-            fd = _open_unnamed(place)
+            for _ in sizes:
+                fds.append(_open_unnamed(place))
         except OSError as exc:
+            close_fds(fds)
             tried.append(f"{place} ({exc.strerror})")
             continue
         try:
             # Data is written with pwrite, never through a fresh mapping: on a full tmpfs a
             # write fails with ENOSPC, where a store to a mapped page would kill us (SIGBUS).
-            fill(fd)
+            _fill_pieces(fds, fill)
         except OSError as exc:
-            os.close(fd)
+            close_fds(fds)
             if exc.errno not in _NO_ROOM:
                 raise
             tried.append(f"{place} (full while writing: {exc.strerror})")
             shm_was_full |= is_shm
             continue
         except BaseException:
-            os.close(fd)
+            close_fds(fds)
             raise
         if shm_was_full:
-            warnings.warn(
-                f"the shared-memory folder {settings.shm_dir} has too little room for the "
-                f"arrays shared with workers, so they go to {place} instead (slower when it is "
-                f"on disk); give it more room (e.g. docker --shm-size), or point "
-                f"{SHM_DIR_ENV} or temp_folder= to a roomier folder",
-                SharedMemoryWarning,
-                stacklevel=2,
-            )
-        return fd, is_shm
+            try:
+                warnings.warn(
+                    f"the shared-memory folder {settings.shm_dir} has too little room for the "
+                    f"arrays shared with workers, so they go to {place} instead (slower when "
+                    f"it is on disk); give it more room (e.g. docker --shm-size), or point "
+                    f"{SHM_DIR_ENV} or temp_folder= to a roomier folder",
+                    SharedMemoryWarning,
+                    stacklevel=2,
+                )
+            except BaseException:  # the warning is an error here (-W error)
+                close_fds(fds)
+                raise
+        return fds, is_shm
     raise SharedMemoryError(
         f"no room to share an array of {_human(nbytes)} ({nbytes} bytes) between processes; "
         f"tried {', '.join(tried) or 'no folder'}; free some space there, point {SHM_DIR_ENV} "
         "or temp_folder= to a folder with room, or pass max_nbytes=None to send arrays "
         "through the pipe instead"
     )
+
+
+def _fill_pieces(fds: list[int], fill: Callable[[int, int], None]) -> None:
+    """Run ``fill`` for every piece, the first in this thread; raise the first error."""
+    if len(fds) == 1:
+        fill(0, fds[0])
+        return
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            fill(i, fds[i])
+        except BaseException as exc:  # handed to the calling thread below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name="parajob-shm-copy", daemon=True)
+        for i in range(1, len(fds))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        run(0)
+    finally:
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
+def piece_sizes(nbytes: int, pieces: int) -> list[int]:
+    """Split ``nbytes`` into at most ``pieces`` parts, all but the last a multiple of 2 MiB."""
+    step = _PIECE_ALIGN * max(1, -(-nbytes // (pieces * _PIECE_ALIGN)))
+    sizes = [step] * (nbytes // step)
+    if nbytes % step:
+        sizes.append(nbytes % step)
+    return sizes or [nbytes]
 
 
 # -- array layout ------------------------------------------------------------------------------
@@ -239,17 +287,6 @@ def np_module() -> Any:
 
 def address(arr: Any) -> int:
     return int(arr.__array_interface__["data"][0])
-
-
-def span(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
-    """Lowest and one-past-highest byte of an array, relative to its first element."""
-    lo = hi = 0
-    for n, s in zip(shape, strides, strict=True):
-        if s < 0:
-            lo += (n - 1) * s
-        else:
-            hi += (n - 1) * s
-    return lo, hi + itemsize
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -280,35 +317,48 @@ def flat_bytes(arr: Any) -> Any:
     return arr.reshape(-1, order="A").view(np.uint8)
 
 
-def writer(arr: Any, digest: Any = None) -> tuple[Callable[[int], None], tuple[int, ...]]:
+def writer(
+    arr: Any, sizes: list[int] | None = None, digests: list[Any] | None = None
+) -> tuple[Callable[[int, int], None], tuple[int, ...]]:
     """Return (fill, strides of the stored copy): raw bytes for contiguous arrays, else C order.
 
-    With ``digest`` (an xxh3 hasher) and a contiguous array, ``fill`` also feeds the bytes to
-    it, a piece at a time while the piece is in the CPU's cache, so the hash costs next to
-    nothing on top of the copy.
+    ``fill(i, fd)`` writes piece ``i`` of ``sizes`` (one piece when None; several need a
+    contiguous array). With ``digests`` (one xxh3 hasher per piece), ``fill`` also feeds each
+    piece's written bytes to its hasher, a slice at a time while the slice is in the CPU's
+    cache, so the hash costs next to nothing on top of the copy.
     """
     np = np_module()
     flat = flat_bytes(arr)
     if flat is not None:
         data = memoryview(flat)
+        starts = [0]
+        for size in sizes or [len(data)]:
+            starts.append(starts[-1] + size)
 
-        def fill(fd: int) -> None:
-            if digest is None:
-                _pwrite_all(fd, data, 0)
+        def fill(i: int, fd: int) -> None:
+            piece = data[starts[i] : starts[i + 1]]
+            if digests is None:
+                _pwrite_all(fd, piece, 0)
                 return
-            for at in range(0, len(data), _HASH_CHUNK):
-                piece = data[at : at + _HASH_CHUNK]
-                digest.update(piece)
-                _pwrite_all(fd, piece, at)
+            # The digest must describe exactly the bytes written, even if another thread
+            # changes the array meanwhile: each slice is copied once into a small buffer (it
+            # stays in the CPU's cache), then hashed and written from there.
+            buffer = memoryview(bytearray(min(_HASH_CHUNK, len(piece))))
+            for at in range(0, len(piece), _HASH_CHUNK):
+                n = min(_HASH_CHUNK, len(piece) - at)
+                part = buffer[:n]
+                part[:] = piece[at : at + n]
+                digests[i].update(part)
+                _pwrite_all(fd, part, at)
 
         return fill, tuple(arr.strides)
 
-    if digest is not None:
-        raise ValueError("only a contiguous array's copy can be digested while written")
+    if digests is not None or (sizes is not None and len(sizes) > 1):
+        raise ValueError("only a contiguous array's copy can be digested or split in pieces")
     arr = arr.view(np.ndarray)
     rows = max(1, _COPY_CHUNK // max(arr.nbytes // max(arr.shape[0], 1), 1))
 
-    def fill_rows(fd: int) -> None:
+    def fill_rows(i: int, fd: int) -> None:
         at = 0
         for start in range(0, arr.shape[0], rows):
             piece = np.ascontiguousarray(arr[start : start + rows]).reshape(-1).view(np.uint8)
@@ -332,143 +382,6 @@ def shareable_type(arr: Any, np: Any) -> bool:
 def subclass_of(arr: Any, np: Any) -> type | None:
     cls = type(arr)
     return None if cls is np.ndarray or cls is np.memmap else cls
-
-
-# -- mapping -----------------------------------------------------------------------------------
-
-
-class _Mapping(mmap.mmap):
-    """An mmap that weak references can point to (the per-worker mapping cache)."""
-
-
-# Arrays of one task (or of tasks that keep them) share one mapping per segment; a mapping is
-# dropped with the last array using it, so nothing outlives its users.
-_maps: weakref.WeakValueDictionary[tuple[Any, ...], _Mapping] = weakref.WeakValueDictionary()
-_maps_lock = threading.Lock()
-
-_ACCESS = {"r": mmap.ACCESS_READ, "c": mmap.ACCESS_COPY, "r+": mmap.ACCESS_WRITE}
-
-
-def _open_source(source: Any, writable: bool) -> int:
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
-    if isinstance(source, str):
-        return os.open(source, flags)
-    pid, fd, dev, ino = source
-    path = f"/proc/{pid}/fd/{fd}"
-    gone = SharedMemoryError(
-        f"a shared array of process {pid} is gone (descriptor {fd} no longer holds it): the "
-        "Parallel call that shared it has ended or its process exited; tasks must not "
-        "outlive their call"
-    )
-    # stat follows the link without opening it: never open what the descriptor became after
-    # the call ended (it could be a pipe or a user's file).
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise gone from None
-    if (st.st_dev, st.st_ino) != (dev, ino):
-        raise gone
-    opened = os.open(path, flags)
-    st = os.fstat(opened)
-    if (st.st_dev, st.st_ino) != (dev, ino):
-        os.close(opened)
-        raise gone
-    return opened
-
-
-def _map(source: Any, start: int, length: int, mode: str) -> _Mapping:
-    key_source = source if isinstance(source, str) else (source[2], source[3])
-    key = (key_source, start, length, mode)
-    with _maps_lock:
-        found = _maps.get(key)
-        if found is not None:
-            return found
-        fd = _open_source(source if isinstance(source, str) else source[:4], writable=mode == "r+")
-        try:
-            mapping = _Mapping(fd, length, access=_ACCESS[mode], offset=start)
-        finally:
-            os.close(fd)
-        _maps[key] = mapping
-        return mapping
-
-
-# Copies the parent keeps between calls (see _sharer) carry an id. A worker keeps its read-only
-# mapping of such a copy until the parent says it freed the copy (a K_FORGET message): pages a
-# task touched stay mapped for the next task and the next call, which then pays no page faults.
-_kept: dict[int, _Mapping] = {}
-# Ids already forgotten, so that a late task of an ended call never brings one back.
-_forgotten: set[int] = set()
-_forgotten_order: deque[int] = deque()
-_FORGOTTEN_REMEMBERED = 4096
-COPY_ID = struct.Struct("<Q")
-
-
-def _map_kept(source: Any) -> _Mapping:
-    copy_id = source[4]
-    with _maps_lock:
-        found = _kept.get(copy_id)
-        if found is not None:
-            return found
-        fd = _open_source(source[:4], writable=False)
-        try:
-            mapping = _Mapping(fd, os.fstat(fd).st_size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        if copy_id not in _forgotten:
-            _kept[copy_id] = mapping
-        return mapping
-
-
-def forget_copies(body: Any) -> None:
-    """Drop the mappings of kept copies the parent freed (the body of a K_FORGET message)."""
-    with _maps_lock:
-        for (copy_id,) in COPY_ID.iter_unpack(body):
-            _kept.pop(copy_id, None)
-            if copy_id not in _forgotten:
-                _forgotten.add(copy_id)
-                _forgotten_order.append(copy_id)
-                if len(_forgotten_order) > _FORGOTTEN_REMEMBERED:
-                    _forgotten.discard(_forgotten_order.popleft())
-
-
-def rebuild_array(
-    source: Any,
-    offset: int,
-    shape: tuple[int, ...],
-    strides: tuple[int, ...],
-    dtype: Any,
-    mode: str,
-    cls: type | None,
-) -> Any:
-    """Map a shared array in a worker (unpickling hook; ``source`` is a path or a descriptor).
-
-    The array is an ``np.memmap`` (or the argument's own ndarray subclass), read-only when
-    ``mode`` is ``"r"``. ``source`` is a path, (pid, fd, device, inode) for a copy of one call,
-    or (pid, fd, device, inode, copy id) for a copy the parent keeps between calls.
-    """
-    np = np_module()
-    if mode == "r" and not isinstance(source, str) and len(source) > 4:
-        mapping = _map_kept(source)
-        start = 0
-    else:
-        lo, hi = span(shape, strides, dtype.itemsize)
-        first = offset + lo
-        start = first - first % mmap.ALLOCATIONGRANULARITY
-        mapping = _map(source, start, offset + hi - start, mode)
-    arr = np.ndarray.__new__(
-        np.memmap if cls is None else cls,
-        shape,
-        dtype=dtype,
-        buffer=mapping,
-        offset=offset - start,
-        strides=strides,
-    )
-    if cls is None:
-        arr._mmap = mapping
-        arr.filename = source if isinstance(source, str) else None
-        arr.offset = offset
-        arr.mode = mode
-    return arr
 
 
 # -- picklers with the array hook --------------------------------------------------------------
@@ -534,8 +447,8 @@ class _ResultSegments:
         ):
             return NotImplemented
         fill, strides = writer(arr)
-        fd, _ = create_segment(arr.nbytes, self.settings, fill)
-        self.fds.append(fd)
+        fds, _ = create_segment([arr.nbytes], self.settings, fill)
+        self.fds.extend(fds)
         lo, _ = span(tuple(arr.shape), strides, arr.dtype.itemsize)
         return (
             rebuild_result,
@@ -593,7 +506,7 @@ def rebuild_result(
             "bug in parajob or the result was unpickled outside the pool"
         )
     np = np_module()
-    mapping = _Mapping(fds[index], length, access=mmap.ACCESS_WRITE)
+    mapping = SharedMapping(fds[index], length, access=mmap.ACCESS_WRITE)
     arr = np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset, strides=strides)
     return arr if cls is None else arr.view(cls)
 

@@ -133,7 +133,9 @@ class Run:
     # Outcomes the manager thread collected, delivered (outside the lock) before it waits.
     resolutions: list[Resolution] = field(default_factory=list)
     idle_since: float = field(default_factory=time.monotonic)
-    wake_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Re-entrant: a garbage collection inside wake() can free an array whose kept shared copy
+    # then wakes this run again (forget_copies), in the same thread.
+    wake_lock: threading.RLock = field(default_factory=threading.RLock)
     wake_closed: bool = False
 
 
@@ -183,7 +185,7 @@ def describe_exit(exitcode: int | None) -> tuple[str, str]:
 
 
 def wake(run: Run) -> None:
-    """Wake the run's manager thread; safe from any thread, without the pool lock.
+    """Wake the run's manager thread; safe from any thread, re-entrantly, without the pool lock.
 
     The pipe is written under the run's own small lock, and never after the run closed it:
     its descriptor number may belong to another file by then.

@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from parajob.errors import SharedMemoryError
+from parajob.process_pool import _mapping, _shm
 from parajob.process_pool import _messages as m
-from parajob.process_pool import _shm
 
 __all__ = ["worker_id", "worker_state"]
 
@@ -370,7 +370,7 @@ def _serve(conn: Connection, channel: _Channel, status: Any, config: WorkerConfi
         if kind == m.K_EXIT:
             return
         if kind == m.K_FORGET:
-            _shm.forget_copies(memoryview(buf)[hsize:])
+            _mapping.forget_copies(memoryview(buf)[hsize:])
             continue
         status[1] = task_id
         status[2] = 1

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from parajob.errors import SharedMemoryError
+from parajob.errors import SharedMemoryError, SharedMemoryWarning
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._budget import (
     effective_n_jobs_within_budget,
@@ -171,13 +171,14 @@ def _unwrap_no_room(future: Future[Any]) -> Future[Any]:
     """Fail with the SharedMemoryError itself when no folder had room for an argument.
 
     The pool reports any failure to pickle a batch as a TaskPicklingError; "no room" deserves
-    its own, clearer error (it says how much was needed and where parajob looked).
+    its own, clearer error (it says how much was needed and where parajob looked). So does
+    the fallback's SharedMemoryWarning when warnings are errors (``-W error``).
     """
     if not future.done() or future.cancelled():
         return future
     exc = future.exception()
     cause = None if exc is None else exc.__cause__
-    if not isinstance(cause, SharedMemoryError):
+    if not isinstance(cause, (SharedMemoryError, SharedMemoryWarning)):
         return future
     replacement: Future[Any] = Future()
     replacement.set_exception(cause)
