@@ -160,7 +160,7 @@ def _list(store: Any, func: str | None, limit: int, out: TextIO) -> None:
 
 
 def _prune(memory: Any, args: argparse.Namespace, out: TextIO) -> None:
-    from parajob.memory._func import evict
+    from parajob.memory._entry import evict
 
     store = memory.store_backend
     # Re-sync the index with the files first: entries a killed writer never indexed count

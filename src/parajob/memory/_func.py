@@ -13,39 +13,46 @@ A call goes through these steps::
 A damaged entry is reported in a CacheWarning, removed and recomputed. The function changing
 (its code, or something it depends on, see ``_deps``) removes its entries with a
 FunctionChangedWarning that says what changed.
+
+This module holds the classes, the hit path and the public methods; the steps live with what
+they are about: the key in ``_naming`` and ``_salt``, the fingerprint record in
+``_func_info``, loading, writing and removing an entry in ``_entry``, and the miss (one
+implementation for plain and ``async def`` functions) in ``_miss``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
-import reprlib
 import time
-import types
-import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import xxhash
-
-from parajob.errors import CacheWarning, FunctionChangedWarning, InvalidParameterError
-from parajob.hashing import digest
-from parajob.memory._deps import (
-    Fingerprint,
-    Watch,
-    fingerprint,
-    is_plain_constant,
-    unwrap_layers,
+from parajob.errors import InvalidParameterError
+from parajob.memory._deps import Fingerprint, Watch
+from parajob.memory._entry import MISS, evict, load_entry
+from parajob.memory._func_info import (
+    compare,
+    current_fingerprint,
+    drop_changed_entries,
+    read_func_info,
+    reason_kind,
+    write_func_info,
 )
-from parajob.memory._lock import acquire, acquire_async
+from parajob.memory._lock import EntryLock, acquire
 from parajob.memory._logging import Logger
-from parajob.memory._naming import ArgumentBinder, function_folder, unwrap
-from parajob.memory._results import CacheStats, Explanation, MemorizedResult, NotMemorizedResult
-from parajob.memory._store import FUNC_INFO, METADATA, OUTPUT, StoreBackendBase, as_store
+from parajob.memory._miss import Miss
+from parajob.memory._naming import ArgumentBinder, args_key, function_folder, unwrap
+from parajob.memory._results import (
+    CacheStats,
+    Explanation,
+    MemorizedResult,
+    NotMemorizedResult,
+    stats_from_counters,
+)
+from parajob.memory._salt import func_salt
+from parajob.memory._store import METADATA, OUTPUT, StoreBackendBase, as_store, read_json
 
 __all__ = [
     "AsyncMemorizedFunc",
@@ -53,20 +60,9 @@ __all__ = [
     "Limits",
     "MemorizedFunc",
     "NotMemorizedFunc",
-    "evict",
 ]
 
 INVALIDATION_MODES = ("dependencies", "code", "none")
-_STRENGTH = {"none": 0, "code": 1, "dependencies": 2}
-
-_MISS = object()
-_salts: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
-_SCALAR_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
-_SCALAR_TAG = b"parajob.memory.scalars/1\x00"
-_repr = reprlib.Repr()
-_repr.maxstring = 200
-_repr.maxother = 200
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 20
 
 
 @dataclass(frozen=True)
@@ -81,39 +77,6 @@ class Limits:
     def active(self) -> bool:
         """True when any limit is set."""
         return self.max_bytes is not None or self.max_items is not None or self.max_age is not None
-
-
-def evict(store: StoreBackendBase, victims: list[tuple[str, str]], reason: str) -> None:
-    """Remove entries from a store and its index, recording ``reason`` for ``explain``."""
-    if not victims:
-        return
-    # Files first, then rows: a process killed in between leaves rows without files, which
-    # read as misses and are replaced on the next write; the reverse would leak files. Rows
-    # written after ``before`` belong to entries stored again meanwhile, and stay.
-    before = time.time()
-    store.delete_many([f"{func}/{args}" for func, args in victims])
-    store.index.forget(victims, reason, before)
-    store.finish_deletes()
-
-
-def _not_the_entrys_fault(exc: BaseException) -> bool:
-    """Return True if loading failed because of this process, not because of the entry."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the error or what caused it (persistence wraps some)
-        if seen is None:
-            break
-        if isinstance(seen, (MemoryError, ImportError)):
-            return True
-        if isinstance(seen, OSError) and not isinstance(
-            seen, (NotADirectoryError, IsADirectoryError)
-        ):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-def _reason_kind(change: str) -> str:
-    return "code-changed" if change.startswith("its code") else "dependency-changed"
 
 
 class NotMemorizedFunc:
@@ -269,133 +232,24 @@ class MemorizedFunc(Logger):
         self._binder = ArgumentBinder(self.func, self.ignore)
         self._watch: Watch | None = None
         self._fingerprint: Fingerprint | None = None
-        self._salt = salt if salt is not None else self._salt_of_func()
+        self._salt = salt if salt is not None else func_salt(self.func, self.invalidation)
         self._coerce = self.mmap_mode is not None
-
-    def _salt_of_func(self) -> str:
-        # What a closure captured is keyed as it was when the function object was first
-        # cached in this process: caching it again (Memory.eval, another Memory) after it
-        # mutated what it captured (a log list) must find the same entries. A copy sent to
-        # another process carries its salt (see __getstate__).
-        try:
-            by_mode = _salts.get(self.func)
-        except TypeError:  # not weakly referable or not hashable
-            return self._compute_salt()
-        if by_mode is None:
-            by_mode = {}
-            with contextlib.suppress(TypeError):
-                _salts[self.func] = by_mode
-        salt = by_mode.get(self.invalidation)
-        if salt is None:
-            salt = by_mode[self.invalidation] = self._compute_salt()
-        return salt
-
-    def _compute_salt(self) -> str:
-        # Values baked into the callable (a partial's arguments, a closure's cells) change its
-        # results as much as arguments do, so they belong in every key.
-        parts: list[Any] = []
-        func = self.func
-        while isinstance(func, functools.partial):
-            parts.append((func.args, func.keywords))
-            func = func.func
-        base = getattr(func, "__func__", func)
-        values: list[Any] = []
-        for layer in unwrap_layers(base):
-            for cell in getattr(layer, "__closure__", None) or ():
-                try:
-                    value = cell.cell_contents
-                except ValueError:  # an empty cell (a name assigned later)
-                    continue
-                # What a closure captured selects its results as much as an argument does
-                # (``k`` in ``lambda x: x * k``, the data an enclosing function was given,
-                # the ``transform`` of a factory making one cached ``apply`` each), so it is
-                # keyed by value, as it is when the function is cached. Functions by their
-                # code; objects that cannot be hashed (a lock, a client) by type only.
-                if is_plain_constant(value):
-                    values.append(value)
-                elif callable(value) and not isinstance(value, type):
-                    values.append(self._callable_identity(value))
-                else:
-                    try:
-                        values.append(digest(value))
-                    except Exception:
-                        values.append(f"<{type(value).__module__}.{type(value).__qualname__}>")
-        if not parts and not values:
-            return ""
-        return digest((parts, values))
-
-    def _callable_identity(self, value: Any) -> str:
-        # How a captured function is told apart: Python functions by name only when code
-        # edits must not count (invalidation="none"), else by their code and, with
-        # "dependencies", by what they depend on, so an edit selects new entries. Other
-        # callables (builtins, ufuncs) by name; callable objects (a model with __call__) by
-        # type only, like any captured object: hashing their state is not done here.
-        base = getattr(value, "__func__", value)
-        name = getattr(base, "__qualname__", None) or getattr(base, "__name__", None)
-        if not isinstance(name, str):
-            return f"<{type(value).__module__}.{type(value).__qualname__}>"
-        label = f"{getattr(base, '__module__', None)}.{name}"
-        if self.invalidation == "none" or not isinstance(base, types.FunctionType):
-            return label
-        fp, _ = fingerprint(base, [], self.invalidation == "dependencies")
-        return f"{label}:{fp.code}:{sorted(fp.deps.items())}"
 
     # -- fingerprint ---------------------------------------------------------------------------
 
-    def _read_func_info(self) -> dict[str, Any] | None:
-        try:
-            info = json.loads(self.store_backend.read_bytes(f"{self.func_id}/{FUNC_INFO}"))
-        except (FileNotFoundError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
-
     def _write_func_info(self, fp: Fingerprint | None) -> None:
-        code = getattr(getattr(self.func, "__func__", self.func), "__code__", None)
-        info = {
-            "function": getattr(self.func, "__qualname__", repr(self.func)),
-            "module": getattr(self.func, "__module__", None),
-            "file": getattr(code, "co_filename", None),
-            "line": getattr(code, "co_firstlineno", None),
-            "invalidation": self.invalidation,
-            "fingerprint": fp.to_json() if fp is not None else None,
-        }
-        self.store_backend.write_bytes(f"{self.func_id}/{FUNC_INFO}", json.dumps(info).encode())
-
-    def _current_fingerprint(self) -> tuple[Fingerprint | None, Watch]:
-        if self.invalidation == "none":
-            return None, Watch()
-        return fingerprint(self.func, self.depends_on, self.invalidation == "dependencies")
-
-    def _compare(self, fp: Fingerprint | None, stored: dict[str, Any]) -> tuple[str | None, bool]:
-        """Return what changed since ``stored`` (or None) and whether to record ``fp``.
-
-        Fingerprints made in different modes are compared on what both record (the code and
-        ``depends_on``), so a ``"code"`` and a ``"dependencies"`` user of one cache do not
-        undo each other; the stronger record is kept. A record without a fingerprint (made
-        with ``invalidation="none"``) is replaced by the current one.
-        """
-        if fp is None:
-            return None, False
-        old = stored.get("fingerprint")
-        if not isinstance(old, dict):
-            return None, True
-        mode = stored.get("invalidation", self.invalidation)
-        if mode == self.invalidation:
-            return fp.change_from(old), False
-        change = fp.change_from(old, explicit_only=True)
-        stronger = _STRENGTH.get(str(mode), 0) > _STRENGTH[self.invalidation]
-        return change, change is None and not stronger
+        write_func_info(self.store_backend, self.func_id, self.func, self.invalidation, fp)
 
     def _ensure_current(self) -> None:
         watch = self._watch
         if watch is not None and watch.unchanged():
             return
-        fp, watch = self._current_fingerprint()
-        stored = self._read_func_info()
+        fp, watch = current_fingerprint(self.func, self.depends_on, self.invalidation)
+        stored = read_func_info(self.store_backend, self.func_id)
         if stored is None:
             self._write_func_info(fp)
         else:
-            change, record = self._compare(fp, stored)
+            change, record = compare(fp, stored, self.invalidation)
             if change is not None and fp is not None:
                 self._invalidate(fp, change)
             elif record:
@@ -404,28 +258,14 @@ class MemorizedFunc(Logger):
 
     def _invalidate(self, fp: Fingerprint, change: str) -> None:
         store = self.store_backend
-        lock = store.lock(self.func_id, self.lock_timeout or 3600.0)
+        lock = self._lock(self.func_id)
         got = acquire(lock, self.lock_timeout)
         try:
             # Another process may have done this while we waited; check again under the lock.
-            stored = self._read_func_info()
-            if stored is not None and self._compare(fp, stored)[0] is None:
+            stored = read_func_info(store, self.func_id)
+            if stored is not None and compare(fp, stored, self.invalidation)[0] is None:
                 return
-            count = sum(1 for _ in store.index.entries(self.func_id))
-            warnings.warn(
-                FunctionChangedWarning(
-                    f"{self.func_id}: {change} since its results were cached; its {count} "
-                    f"cached result(s) were removed and will be computed again (use "
-                    f"invalidation='none' to keep results across edits)"
-                ),
-                stacklevel=5,
-            )
-            before = time.time()
-            for item in list(store.list(self.func_id)):
-                parts = item.key.split("/")
-                if len(parts) == 4 and parts[3] == OUTPUT:
-                    store.delete("/".join(parts[:3]))
-            store.index.forget_function(self.func_id, f"{_reason_kind(change)}|{change}", before)
+            drop_changed_entries(store, self.func_id, change)
             self._write_func_info(fp)
         finally:
             if got:
@@ -434,215 +274,55 @@ class MemorizedFunc(Logger):
     # -- keys ----------------------------------------------------------------------------------
 
     def _args_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        description = self._binder.describe(args, kwargs)
-        for _, value in description:
-            if type(value) not in _SCALAR_TYPES:
-                return digest((self._salt, description), coerce_mmap=self._coerce)
-        # Only plain scalars: their repr is exact and unambiguous (floats round-trip, str and
-        # bytes are quoted and escaped, True is not 1), so it is a canonical form; hashing it
-        # directly is several times faster than the general pickle-based digest, which
-        # matters on the hit path. The tag keeps the two key spaces apart.
-        text = f"{self._salt}\x00{description!r}".encode("utf-8", "surrogatepass")
-        return xxhash.xxh3_128_hexdigest(_SCALAR_TAG + text)
+        return args_key(self._binder.describe(args, kwargs), self._salt, self._coerce)
 
     def _get_args_id(self, *args: Any, **kwargs: Any) -> str:
         return self._args_id(args, kwargs)
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _read_metadata(self, entry: str) -> dict[str, Any] | None:
-        try:
-            meta = json.loads(self.store_backend.read_bytes(f"{entry}/{METADATA}"))
-        except (FileNotFoundError, ValueError):
-            return None
-        return meta if isinstance(meta, dict) else None
-
-    def _still_valid(self, entry: str, args_id: str) -> bool:
+    def _still_valid(self, args_id: str) -> bool:
         callback = self.cache_validation_callback
         if callback is None:
             return True
+        entry = f"{self.func_id}/{args_id}"
         if not self.store_backend.exists(f"{entry}/{OUTPUT}"):
             return True  # nothing to validate; the load that follows misses
-        meta = self._read_metadata(entry) or {}
+        meta = read_json(self.store_backend, f"{entry}/{METADATA}") or {}
         if callback(meta):
             return True
         evict(self.store_backend, [(self.func_id, args_id)], "expired|expired")
         return False
 
-    def _try_load(self, entry: str, args_id: str, shelving: bool) -> Any:
-        store = self.store_backend
-        start = time.perf_counter()
-        try:
-            if shelving:
-                if not store.exists(f"{entry}/{OUTPUT}"):
-                    return _MISS
-                value: Any = MemorizedResult(
-                    store, (self.func_id, args_id), mmap_mode=self.mmap_mode
-                )
-            else:
-                value = store.load_value(f"{entry}/{OUTPUT}", self.mmap_mode)
-        except FileNotFoundError:
-            return _MISS
-        except Exception as exc:  # a damaged entry: any error of unpickling, not just ours
-            if _not_the_entrys_fault(exc):
-                # Out of memory, a module this process cannot import, a permission problem:
-                # the entry may be fine. Compute (a success replaces it), but do not remove
-                # a result that may have taken hours because this process cannot read it.
-                warnings.warn(
-                    CacheWarning(
-                        f"the cached result of {self.func_id} at {store.location}/{entry} "
-                        f"could not be read ({type(exc).__name__}: {exc}); it is being "
-                        f"computed again (the stored entry is kept)"
-                    ),
-                    stacklevel=4,
-                )
-                return _MISS
-            warnings.warn(
-                CacheWarning(
-                    f"the cached result of {self.func_id} at {store.location}/{entry} could "
-                    f"not be read ({type(exc).__name__}: {exc}); it was removed and is being "
-                    f"computed again"
-                ),
-                stacklevel=4,
-            )
-            evict(store, [(self.func_id, args_id)], "corrupt|damaged")
-            return _MISS
-        store.index.record_hit(self.func_id, args_id, time.perf_counter() - start)
-        return value
-
-    def _lookup(self, args: tuple[Any, ...], kwargs: dict[str, Any], shelving: bool) -> Any:
+    def _lookup(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], shelving: bool
+    ) -> tuple[str, Any]:
         self._ensure_current()
         args_id = self._args_id(args, kwargs)
-        entry = f"{self.func_id}/{args_id}"
-        if not self._still_valid(entry, args_id):
-            return args_id, entry, _MISS
-        return args_id, entry, self._try_load(entry, args_id, shelving)
+        if not self._still_valid(args_id):
+            return args_id, MISS
+        store = self.store_backend
+        return args_id, load_entry(store, self.func_id, args_id, self.mmap_mode, shelving)
 
     # -- computing -----------------------------------------------------------------------------
 
-    def _before_compute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
-        if self._verbose > 0:
-            shown = ", ".join(
-                f"{k}={_repr.repr(v)}" for k, v in self._binder.describe(args, kwargs)
-            )
-            print(f"[Memory] Calling {self.func_id.replace('/', '.')}({shown})")
-        return time.perf_counter()
+    def _lock(self, key: str) -> EntryLock:
+        """Return the (not yet acquired) lock of the entry or function folder ``key``."""
+        return self.store_backend.lock(key, self.lock_timeout or 3600.0)
 
-    def _after_compute(
-        self,
-        entry: str,
-        args_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: Any,
-        start: float,
-        shelving: bool,
-    ) -> tuple[Any, dict[str, Any]]:
-        duration = time.perf_counter() - start
-        store = self.store_backend
-        metadata = {
-            "duration": duration,
-            "input_args": {k: _repr.repr(v) for k, v in self._binder.describe(args, kwargs)},
-            "time": time.time() - duration,
-        }
-        store.index.record_miss(self.func_id, duration)
-        if not store.exists(f"{self.func_id}/{FUNC_INFO}"):
-            # The cache was cleared since this process checked the function: record again
-            # which code this entry comes from, or another version would take it for its own.
-            self._write_func_info(self._fingerprint)
-        size = self._store(entry, output, metadata)
-        if size is not None:
-            store.index.record_store(self.func_id, args_id, size, duration)
-            if self.limits.active:
-                lim = self.limits
-                evict(
-                    store,
-                    store.index.over_limits(lim.max_bytes, lim.max_items, lim.max_age),
-                    "evicted|evicted",
-                )
-        if self._verbose > 0:
-            print(f"[Memory] {self.func_id.replace('/', '.')} computed in {duration:.3f}s")
-        if shelving:
-            evicted = self.limits.active and size is not None
-            if size is None or (evicted and not store.exists(f"{entry}/{OUTPUT}")):
-                # Not stored, or larger than the limits allow: hold the value itself.
-                return NotMemorizedResult(output), metadata
-            return MemorizedResult(
-                store, (self.func_id, args_id), mmap_mode=self.mmap_mode, metadata=metadata
-            ), metadata
-        if self.mmap_mode is not None and size is not None:
-            # Give the first call the same (memory-mapped) value later calls get.
-            try:
-                output = store.load_value(f"{entry}/{OUTPUT}", self.mmap_mode)
-            except FileNotFoundError:
-                pass  # evicted at once by a tiny limit: the computed value is still right
-        return output, metadata
-
-    def _store(self, entry: str, output: Any, metadata: dict[str, Any]) -> int | None:
-        store = self.store_backend
-        try:
-            meta_bytes = json.dumps(metadata).encode()
-            store.write_bytes(f"{entry}/{METADATA}", meta_bytes)
-            # The output is written last: its appearance commits the entry.
-            return store.store_value(f"{entry}/{OUTPUT}", output, self.compress) + len(meta_bytes)
-        except Exception as exc:
-            warnings.warn(
-                CacheWarning(
-                    f"the result of {self.func_id} could not be stored in the cache at "
-                    f"{store.location} ({type(exc).__name__}: {exc}); it is returned anyway "
-                    f"and will be computed again next time"
-                ),
-                stacklevel=5,
-            )
-            try:
-                store.delete(f"{entry}/{OUTPUT}")
-                store.delete(f"{entry}/{METADATA}")
-            except Exception:
-                pass
-            return None
-
-    def _wait_warning(self, entry: str) -> None:
-        warnings.warn(
-            CacheWarning(
-                f"waited {self.lock_timeout}s for another process computing {entry} in "
-                f"{self.store_backend.location}; computing it here as well (raise "
-                f"lock_timeout if computations take longer)"
-            ),
-            stacklevel=5,
-        )
-
-    def _miss(
-        self,
-        args_id: str,
-        entry: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shelving: bool,
-        recheck: bool = True,
-    ) -> tuple[Any, dict[str, Any]]:
-        lock = self.store_backend.lock(entry, self.lock_timeout or 3600.0)
-        got = acquire(lock, self.lock_timeout)
-        if not got:
-            self._wait_warning(entry)
-        try:
-            if recheck:
-                value = self._try_load(entry, args_id, shelving)
-                if value is not _MISS:
-                    return value, {}
-            start = self._before_compute(args, kwargs)
-            output = self.func(*args, **kwargs)
-            return self._after_compute(entry, args_id, args, kwargs, output, start, shelving)
-        finally:
-            if got:
-                lock.release()
+    def _compute(self, miss: Miss) -> tuple[Any, dict[str, Any]]:
+        with miss:
+            if miss.needed:
+                miss.finish(self.func(*miss.args, **miss.kwargs))
+        return miss.result
 
     def _cached_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], shelving: bool
     ) -> tuple[Any, dict[str, Any]]:
-        args_id, entry, value = self._lookup(args, kwargs, shelving)
-        if value is not _MISS:
+        args_id, value = self._lookup(args, kwargs, shelving)
+        if value is not MISS:
             return value, {}
-        return self._miss(args_id, entry, args, kwargs, shelving)
+        return self._compute(Miss(self, args_id, args, kwargs, shelving))
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -652,12 +332,11 @@ class MemorizedFunc(Logger):
         if watch is None or not watch.unchanged():
             self._ensure_current()
         args_id = self._args_id(args, kwargs)
-        entry = f"{self.func_id}/{args_id}"
-        if self.cache_validation_callback is None or self._still_valid(entry, args_id):
-            value = self._try_load(entry, args_id, False)
-            if value is not _MISS:
+        if self.cache_validation_callback is None or self._still_valid(args_id):
+            value = load_entry(self.store_backend, self.func_id, args_id, self.mmap_mode, False)
+            if value is not MISS:
                 return value
-        return self._miss(args_id, entry, args, kwargs, False)[0]
+        return self._compute(Miss(self, args_id, args, kwargs, False))[0]
 
     def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult | NotMemorizedResult:
         """Return a :class:`MemorizedResult` referring to the cached value (computing it if needed).
@@ -669,17 +348,16 @@ class MemorizedFunc(Logger):
     def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """Run the function even if cached, store the result; return ``(output, metadata)``."""
         self._ensure_current()
-        args_id = self._args_id(args, kwargs)
-        return self._miss(args_id, f"{self.func_id}/{args_id}", args, kwargs, False, False)
+        miss = Miss(self, self._args_id(args, kwargs), args, kwargs, False, recheck=False)
+        return self._compute(miss)
 
     def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
         """Return True if this call would be answered from the cache (nothing is computed)."""
         self._ensure_current()
         args_id = self._args_id(args, kwargs)
-        entry = f"{self.func_id}/{args_id}"
-        if not self._still_valid(entry, args_id):
+        if not self._still_valid(args_id):
             return False
-        return self.store_backend.exists(f"{entry}/{OUTPUT}")
+        return self.store_backend.exists(f"{self.func_id}/{args_id}/{OUTPUT}")
 
     def explain(self, *args: Any, **kwargs: Any) -> Explanation:
         """Say whether this call would be answered from the cache and, if not, why.
@@ -701,18 +379,19 @@ class MemorizedFunc(Logger):
         def result(hit: bool, reason: str, message: str) -> Explanation:
             return Explanation(hit, reason, f"{name}: {message}", self.func_id, args_id)
 
-        fp, _ = self._current_fingerprint()
-        stored = self._read_func_info()
+        store = self.store_backend
+        fp, _ = current_fingerprint(self.func, self.depends_on, self.invalidation)
+        stored = read_func_info(store, self.func_id)
         if stored is not None:
-            change = self._compare(fp, stored)[0]
+            change = compare(fp, stored, self.invalidation)[0]
             if change is not None:
                 return result(
-                    False, _reason_kind(change), f"miss: {change} since the cache was written"
+                    False, reason_kind(change), f"miss: {change} since the cache was written"
                 )
-        store = self.store_backend
         if store.exists(f"{entry}/{OUTPUT}"):
             callback = self.cache_validation_callback
-            if callback is not None and not callback(self._read_metadata(entry) or {}):
+            metadata_key = f"{entry}/{METADATA}"
+            if callback is not None and not callback(read_json(store, metadata_key) or {}):
                 return result(
                     False,
                     "expired",
@@ -741,7 +420,7 @@ class MemorizedFunc(Logger):
         before = time.time()
         store.delete(self.func_id)
         store.index.forget_function(self.func_id, "cleared|cleared", before)
-        fp, watch = self._current_fingerprint()
+        fp, watch = current_fingerprint(self.func, self.depends_on, self.invalidation)
         self._write_func_info(fp)
         self._fingerprint, self._watch = fp, watch
 
@@ -753,14 +432,7 @@ class MemorizedFunc(Logger):
         counters = self.store_backend.index.counters().get(self.func_id)
         if counters is None:
             return CacheStats()
-        return CacheStats(
-            hits=counters.hits,
-            misses=counters.misses,
-            entries=counters.entries,
-            bytes=counters.bytes,
-            compute_seconds=counters.compute_seconds,
-            saved_seconds=counters.saved_seconds,
-        )
+        return stats_from_counters(counters)
 
     # -- object protocol -----------------------------------------------------------------------
 
@@ -828,40 +500,20 @@ class AsyncMemorizedFunc(MemorizedFunc):
     async def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:  # type: ignore[override]
         """Await the function even if cached, store the result; return ``(output, metadata)``."""
         self._ensure_current()
-        args_id = self._args_id(args, kwargs)
-        return await self._async_miss(
-            args_id, f"{self.func_id}/{args_id}", args, kwargs, False, False
-        )
+        miss = Miss(self, self._args_id(args, kwargs), args, kwargs, False, recheck=False)
+        return await self._async_compute(miss)
 
     async def _async_cached_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], shelving: bool
     ) -> tuple[Any, dict[str, Any]]:
-        args_id, entry, value = self._lookup(args, kwargs, shelving)
-        if value is not _MISS:
+        args_id, value = self._lookup(args, kwargs, shelving)
+        if value is not MISS:
             return value, {}
-        return await self._async_miss(args_id, entry, args, kwargs, shelving)
+        return await self._async_compute(Miss(self, args_id, args, kwargs, shelving))
 
-    async def _async_miss(
-        self,
-        args_id: str,
-        entry: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shelving: bool,
-        recheck: bool = True,
-    ) -> tuple[Any, dict[str, Any]]:
-        lock = self.store_backend.lock(entry, self.lock_timeout or 3600.0)
-        got = await acquire_async(lock, self.lock_timeout)
-        if not got:
-            self._wait_warning(entry)
-        try:
-            if recheck:
-                value = self._try_load(entry, args_id, shelving)
-                if value is not _MISS:
-                    return value, {}
-            start = self._before_compute(args, kwargs)
-            output = await self.func(*args, **kwargs)
-            return self._after_compute(entry, args_id, args, kwargs, output, start, shelving)
-        finally:
-            if got:
-                lock.release()
+    async def _async_compute(self, miss: Miss) -> tuple[Any, dict[str, Any]]:
+        # MemorizedFunc._compute, waiting for the lock and for the function without blocking.
+        async with miss:
+            if miss.needed:
+                miss.finish(await self.func(*miss.args, **miss.kwargs))
+        return miss.result

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 __all__ = ["EntryLock", "FileLock", "LeaseLock", "acquire", "acquire_async"]
@@ -47,36 +47,37 @@ class EntryLock(Protocol):
         """Give the lock back (only called after a successful ``try_acquire``)."""
 
 
+def _pauses(timeout: float | None) -> Iterator[float]:
+    """Yield how long to pause before each retry, until ``timeout`` seconds have passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait = _FIRST_WAIT
+    # Polling with capped backoff: flock has no timed wait, and the holder is usually a
+    # computation of milliseconds to hours, so 50 ms of extra latency is noise.
+    while deadline is None or time.monotonic() < deadline:
+        yield wait
+        wait = min(wait * 2, _MAX_WAIT)
+
+
 def acquire(lock: EntryLock, timeout: float | None) -> bool:
     """Wait for ``lock`` up to ``timeout`` seconds (None: forever); return whether it was taken."""
     if lock.try_acquire():
         return True
-    deadline = None if timeout is None else time.monotonic() + timeout
-    wait = _FIRST_WAIT
-    while True:
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        # Polling with capped backoff: flock has no timed wait, and the holder is usually a
-        # computation of milliseconds to hours, so 50 ms of extra latency is noise.
+    for wait in _pauses(timeout):
         time.sleep(wait)
-        wait = min(wait * 2, _MAX_WAIT)
         if lock.try_acquire():
             return True
+    return False
 
 
 async def acquire_async(lock: EntryLock, timeout: float | None) -> bool:
     """Like :func:`acquire`, yielding to the event loop while waiting."""
     if lock.try_acquire():
         return True
-    deadline = None if timeout is None else time.monotonic() + timeout
-    wait = _FIRST_WAIT
-    while True:
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
+    for wait in _pauses(timeout):
         await asyncio.sleep(wait)
-        wait = min(wait * 2, _MAX_WAIT)
         if lock.try_acquire():
             return True
+    return False
 
 
 class FileLock:

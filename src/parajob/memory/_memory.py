@@ -14,6 +14,7 @@ from typing import Any
 from parajob._units import parse_size
 from parajob.errors import InvalidParameterError
 from parajob.memory import _fsspec_store, _local_store  # noqa: F401  (register the stores)
+from parajob.memory._entry import evict
 from parajob.memory._func import (
     INVALIDATION_MODES,
     AsyncMemorizedFunc,
@@ -21,10 +22,9 @@ from parajob.memory._func import (
     Limits,
     MemorizedFunc,
     NotMemorizedFunc,
-    evict,
 )
 from parajob.memory._logging import Logger
-from parajob.memory._results import CacheStats
+from parajob.memory._results import CacheStats, stats_from_counters
 from parajob.memory._store import StoreBackendBase, make_store
 
 __all__ = ["Memory", "expires_after", "parse_bytes", "parse_seconds"]
@@ -308,14 +308,7 @@ class Memory(Logger):
         if self.store_backend is None:
             return total
         for func, c in sorted(self.store_backend.index.counters().items()):
-            one = CacheStats(
-                hits=c.hits,
-                misses=c.misses,
-                entries=c.entries,
-                bytes=c.bytes,
-                compute_seconds=c.compute_seconds,
-                saved_seconds=c.saved_seconds,
-            )
+            one = stats_from_counters(c)
             total.functions[func] = one
             total.hits += one.hits
             total.misses += one.misses

@@ -8,9 +8,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from parajob.memory._index import FunctionCounters
 from parajob.memory._store import METADATA, OUTPUT, StoreBackendBase, as_store
 
-__all__ = ["CacheStats", "Explanation", "MemorizedResult", "NotMemorizedResult"]
+__all__ = [
+    "CacheStats",
+    "Explanation",
+    "MemorizedResult",
+    "NotMemorizedResult",
+    "stats_from_counters",
+]
 
 
 class MemorizedResult:
@@ -236,3 +243,15 @@ class CacheStats:
         """Hits over calls (0.0 when there were none)."""
         calls = self.hits + self.misses
         return self.hits / calls if calls else 0.0
+
+
+def stats_from_counters(counters: FunctionCounters) -> CacheStats:
+    """Return the statistics of one function from its counters in the index."""
+    return CacheStats(
+        hits=counters.hits,
+        misses=counters.misses,
+        entries=counters.entries,
+        bytes=counters.bytes,
+        compute_seconds=counters.compute_seconds,
+        saved_seconds=counters.saved_seconds,
+    )

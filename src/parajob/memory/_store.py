@@ -16,6 +16,7 @@ Five methods are required (:meth:`~StoreBackendBase.read_bytes`, ``write_bytes``
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "as_store",
     "check_key",
     "make_store",
+    "read_json",
     "register_store_backend",
     "store_registry",
 ]
@@ -297,6 +299,19 @@ def as_store(location: Any, backend: str = "local") -> StoreBackendBase:
     from parajob.memory import _fsspec_store, _local_store  # noqa: F401
 
     return make_store(backend, os.fspath(location), {})
+
+
+def read_json(store: StoreBackendBase, key: str) -> dict[str, Any] | None:
+    """Return the JSON object stored at ``key``, or None if it is missing or not one.
+
+    The cache's own records (``metadata.json``, ``func_info.json``) are read this way: one
+    that a crash or another version left unreadable counts as absent.
+    """
+    try:
+        record = json.loads(store.read_bytes(key))
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 # This machine's name, made safe for a file name (computed once).
