@@ -434,6 +434,26 @@ def test_auto_batching_groups_fast_tasks():
     assert sizes[0] == 1 and max(sizes) > 100 and sum(sizes) == 20_000
 
 
+def test_the_last_tasks_of_a_generator_are_spread_over_batches():
+    # When the input ends inside a batch, its last tasks go out in batches sized for what
+    # remains (so every worker gets a share), not as one batch for one worker.
+    sizes = []
+
+    class Timed(SequentialBackend):
+        def submit(self, func, callback=None):
+            sizes.append(len(func))
+            return super().submit(func, callback)
+
+        def retrieve_result_callback(self, out):
+            result = super().retrieve_result_callback(out)
+            result.duration = 0.001 * len(result.values)  # every task "takes" 1 ms
+            return result
+
+    out = Parallel(backend=Timed())(delayed(square)(i) for i in range(100))
+    assert out == [i * i for i in range(100)]
+    assert sizes == [1, 1, 10, 20, 20, 20, 20, 4, 2, 1, 1]  # the input ended with 8 left
+
+
 def test_backend_without_retrieve_callback_is_served_in_order():
     class OldStyle(ParallelBackendBase):
         supports_retrieve_callback = False

@@ -91,6 +91,7 @@ class Call:
         self._tasks = iter(tasks)
         self._next_index = 0
         self._exhausted = False
+        self._last_tasks: list[Task] = []  # read after the input ended, not yet batched
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._in_flight: dict[int, _Flight] = {}
@@ -124,6 +125,15 @@ class Call:
     # -- reading and dispatching ------------------------------------------------------------
 
     def _take_batch(self) -> tuple[list[Task], int] | None:
+        first = self._next_index
+        if self._last_tasks:
+            # The input ended inside a batch: its last tasks go out in batches sized for what
+            # remains, so that every worker gets a share instead of one worker all of them.
+            size = self._sizer.next_size(len(self._last_tasks))
+            tasks = self._last_tasks[:size]
+            del self._last_tasks[:size]
+            self._next_index += len(tasks)
+            return tasks, first
         if self._exhausted:
             return None
         if self._fixed_batch is not None:
@@ -131,11 +141,13 @@ class Call:
         else:
             remaining = None if self.total is None else self.total - self._next_index
             size = self._sizer.next_size(remaining)
-        first = self._next_index
-        tasks: list[Task] = list(itertools.islice(self._tasks, size))
+        tasks = list(itertools.islice(self._tasks, size))
         _check_tasks(tasks, first)
         if len(tasks) < size:
             self._exhausted = True
+            if self._fixed_batch is None and len(tasks) > 1:
+                self._last_tasks = tasks
+                return self._take_batch()
         if not tasks:
             return None
         self._next_index += len(tasks)
@@ -406,7 +418,7 @@ class Call:
             yield from values
 
     def _finished(self) -> bool:
-        return self._exhausted and not self._in_flight and not self._retry
+        return self._exhausted and not self._last_tasks and not self._in_flight and not self._retry
 
     def start_results(self) -> Results:
         """Dispatch the first batches now, and return the iterator of results."""
