@@ -434,12 +434,15 @@ def test_auto_batching_groups_fast_tasks():
     assert sizes[0] == 1 and max(sizes) > 100 and sum(sizes) == 20_000
 
 
-def test_the_last_tasks_of_a_generator_are_spread_over_batches():
-    # When the input ends inside a batch, its last tasks go out in batches sized for what
-    # remains (so every worker gets a share), not as one batch for one worker.
+def test_the_last_tasks_of_a_generator_are_spread_over_the_workers():
+    # When the input ends inside a batch, its last tasks go out as one batch per worker, not
+    # as one batch for one worker (nor as many small batches, each a message to pay for).
     sizes = []
 
-    class Timed(SequentialBackend):
+    class TwoWorkersTimed(SequentialBackend):
+        def effective_n_jobs(self, n_jobs):
+            return 2
+
         def submit(self, func, callback=None):
             sizes.append(len(func))
             return super().submit(func, callback)
@@ -449,9 +452,9 @@ def test_the_last_tasks_of_a_generator_are_spread_over_batches():
             result.duration = 0.001 * len(result.values)  # every task "takes" 1 ms
             return result
 
-    out = Parallel(backend=Timed())(delayed(square)(i) for i in range(100))
+    out = Parallel(backend=TwoWorkersTimed(), n_jobs=2)(delayed(square)(i) for i in range(100))
     assert out == [i * i for i in range(100)]
-    assert sizes == [1, 1, 10, 20, 20, 20, 20, 4, 2, 1, 1]  # the input ended with 8 left
+    assert sizes == [1, 1, 1, 1, 10, 20, 20, 20, 20, 3, 3]  # the input ended with 6 left
 
 
 def test_backend_without_retrieve_callback_is_served_in_order():

@@ -92,6 +92,7 @@ class Call:
         self._next_index = 0
         self._exhausted = False
         self._last_tasks: list[Task] = []  # read after the input ended, not yet batched
+        self._last_size = 1  # the size of their batches
         self._done: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._in_flight: dict[int, _Flight] = {}
@@ -127,9 +128,10 @@ class Call:
     def _take_batch(self) -> tuple[list[Task], int] | None:
         first = self._next_index
         if self._last_tasks:
-            # The input ended inside a batch: its last tasks go out in batches sized for what
-            # remains, so that every worker gets a share instead of one worker all of them.
-            size = self._sizer.next_size(len(self._last_tasks))
+            # The input ended inside a batch: its last tasks go out as one batch per worker,
+            # so that every worker gets a share instead of one worker all of them (and not as
+            # many small batches: each costs a message, which on a cluster is not cheap).
+            size = self._last_size
             tasks = self._last_tasks[:size]
             del self._last_tasks[:size]
             self._next_index += len(tasks)
@@ -147,6 +149,7 @@ class Call:
             self._exhausted = True
             if self._fixed_batch is None and len(tasks) > 1:
                 self._last_tasks = tasks
+                self._last_size = -(-len(tasks) // self._sizer.n_jobs)
                 return self._take_batch()
         if not tasks:
             return None

@@ -2,8 +2,9 @@
 
 Each call gets an :class:`ArraySharer` (from the backend's ``start_call`` to ``stop_call``);
 batches are pickled inside :func:`sharing`, whose hook hands arrays to it. An array above
-``max_nbytes`` is copied once per call into an unnamed shared file (``_shm``); a view of an
-array already shared points into its copy; an ``np.memmap`` goes by path.
+``max_nbytes`` is copied once into unnamed shared files (``_shm``; a large one in a few
+pieces written at once, which workers map back to back, see ``_mapping``); a view of an array
+already shared points into its copy; an ``np.memmap`` goes by path.
 
 Copies kept between calls
 -------------------------
@@ -171,6 +172,8 @@ def _keep_budget(settings: ShareSettings) -> int:
     configured = parse_size(os.environ.get(KEEP_ENV) or None, KEEP_ENV)
     if configured is not None:
         return configured
+    if not hasattr(os, "sysconf"):
+        return 0  # no argument is shared where there is no sysconf (Windows): nothing to keep
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     room = ram
     if settings.shm_dir:
