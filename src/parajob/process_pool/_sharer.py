@@ -9,9 +9,9 @@ already shared points into its copy; an ``np.memmap`` goes by path.
 Copies kept between calls
 -------------------------
 Copying into fresh shared pages is the whole cost of sharing a big array (page allocation
-dominates: ~85 ms for 200 MB here, where hashing the same bytes takes ~6 ms). Calls that map
-arguments read-only (``mmap_mode`` ``"r"``, the default, or ``"c"``) therefore leave their
-copies with :data:`KEEPER` when they end. A later call given the *same array object* checks
+dominates: ~45 ms for 200 MB here on 2 CPUs, where hashing the same bytes takes ~6 ms).
+Calls that map arguments read-only (``mmap_mode`` ``"r"``, the default, or ``"c"``)
+therefore leave their copies with :data:`KEEPER` when they end. A later call given the *same array object* checks
 that its bytes are unchanged (xxh3-128, computed during the first copy at no extra cost) and
 reuses the copy. A kept copy is freed as soon as:
 
