@@ -13,7 +13,9 @@ task, so that::
 
 runs the search on parajob's workers, a worker that dies is reported with the task it was
 running (:class:`~parajob.errors.TerminatedWorkerError`), and ``progress=True`` shows
-parajob's progress bar. joblib is imported only when the backend is registered.
+parajob's progress bar. Large arrays (joblib's ``max_nbytes``, ``mmap_mode`` and
+``temp_folder``) reach the workers through parajob's shared memory, and a read-only copy is
+kept for the next call with the same array (``docs/sharedmem.md``). joblib is imported only when the backend is registered.
 
 .. versionadded:: 0.1
 """
@@ -118,6 +120,9 @@ def _make_backend_class() -> type:
             self._reporter: Any = None
             self._next_index = 0
             self._lock = threading.Lock()
+            # joblib's max_nbytes, mmap_mode and temp_folder for the call (see configure).
+            self._share_args: tuple[Any, Any, Any] = (None, "r", None)
+            self._sharer: Any = None
             self._submitted: set[Any] = set()
             self._first_task: dict[Any, tuple[int, Any]] = {}
 
@@ -141,6 +146,13 @@ def _make_backend_class() -> type:
             from parajob.process_pool import get_executor
 
             self.parallel = parallel
+            # joblib passes its memmapping settings here (max_nbytes in bytes already): large
+            # arrays then reach the workers through parajob's shared memory, as with loky.
+            self._share_args = (
+                backend_kwargs.get("max_nbytes"),
+                backend_kwargs.get("mmap_mode", "r"),
+                backend_kwargs.get("temp_folder"),
+            )
             # The shared warm pool gives each worker its share of the CPUs itself, and caps
             # native thread pools when joblib's inner_max_num_threads is set.
             self._pool = get_executor(
@@ -149,24 +161,38 @@ def _make_backend_class() -> type:
             return n
 
         def start_call(self) -> None:
+            from parajob.process_pool._sharer import call_sharer
             from parajob.progress import make_reporter
 
+            self._close_sharer()
+            self._sharer = call_sharer(*self._share_args)
             self._next_index = 0
             self._reporter = make_reporter(self.progress)
             if self._reporter is not None:
                 self._reporter.start(getattr(self.parallel, "n_tasks", None))
 
         def stop_call(self) -> None:
+            self._close_sharer()
             reporter, self._reporter = self._reporter, None
             if reporter is not None:
                 reporter.finish()
+
+        def _close_sharer(self) -> None:
+            sharer, self._sharer = self._sharer, None
+            if sharer is not None:
+                sharer.close()
 
         def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Any:
             calls = _split_batch(func)
             first = self._next_index
             self._next_index += len(calls)
-            future = self._pool.submit_batch(
-                calls, indices=range(first, first + len(calls)), stop_on_error=True
+            from parajob.process_pool._sharer import submit_sharing
+
+            future = submit_sharing(
+                self._sharer,
+                lambda: self._pool.submit_batch(
+                    calls, indices=range(first, first + len(calls)), stop_on_error=True
+                ),
             )
             with self._lock:
                 self._first_task[future] = (first, calls[0][0])
@@ -211,6 +237,7 @@ def _make_backend_class() -> type:
 
         def terminate(self) -> None:
             # parajob's pool is shared and stays warm for the next call.
+            self._close_sharer()
             self._pool = None
 
         def get_nested_backend(self) -> tuple[Any, int | None]:

@@ -103,3 +103,21 @@ def test_task_error_is_raised_with_a_note_naming_the_task() -> None:
 
 def _inverse(x: int) -> float:
     return 1 / x
+
+
+def _describe(a: np.ndarray) -> tuple[str, bool, float]:
+    return type(a).__name__, bool(a.flags.writeable), float(a.sum())
+
+
+def test_large_arrays_reach_the_workers_through_shared_memory() -> None:
+    from parajob.process_pool import _sharer
+
+    big = np.arange(300_000, dtype=np.float64)  # 2.4 MB, above joblib's max_nbytes of 1M
+    with joblib.parallel_config(backend="parajob", n_jobs=2):
+        out = joblib.Parallel()(joblib.delayed(_describe)(big) for _ in range(4))
+        assert out == [("memmap", False, float(big.sum()))] * 4  # mapped, read-only
+        assert _sharer.KEEPER.holds(_sharer._key(big))  # kept for the next call
+        out = joblib.Parallel(mmap_mode="c")(joblib.delayed(_describe)(big) for _ in range(2))
+        assert out == [("memmap", True, float(big.sum()))] * 2
+        out = joblib.Parallel(max_nbytes=None)(joblib.delayed(_describe)(big) for _ in range(2))
+        assert out == [("ndarray", True, float(big.sum()))] * 2  # pickled, as joblib does

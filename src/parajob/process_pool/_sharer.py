@@ -37,8 +37,10 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
+from parajob.errors import SharedMemoryError, SharedMemoryWarning
 from parajob.process_pool import _shm
 from parajob.process_pool._mapping import Segment, rebuild_array, span
 from parajob.process_pool._shm import (
@@ -57,10 +59,13 @@ __all__ = [
     "KEEPER",
     "KEEP_ENV",
     "ArraySharer",
+    "call_sharer",
     "current_sharer",
     "free_shared_arrays",
     "payload_hook",
     "sharing",
+    "submit_sharing",
+    "unwrap_no_room",
     "watch_pool",
 ]
 
@@ -477,6 +482,48 @@ class ArraySharer:
             copy.users = 1
             copy.dropped = True  # not kept: freed when this call releases it
         return copy
+
+
+def call_sharer(
+    max_nbytes: int | None, mmap_mode: str | None, temp_folder: str | None
+) -> ArraySharer | None:
+    """The sharer of one call with these joblib settings; None when ``max_nbytes`` is None.
+
+    With ``max_nbytes=None`` arrays go through the pipe, as with joblib.
+    """
+    if max_nbytes is None:
+        return None
+    from parajob._units import parse_size
+
+    shm_size = parse_size(os.environ.get(_shm.SHM_SIZE_ENV) or None, _shm.SHM_SIZE_ENV)
+    return ArraySharer(_shm.make_settings(max_nbytes, mmap_mode, temp_folder, shm_size))
+
+
+def submit_sharing(sharer: ArraySharer | None, submit: Callable[[], Future[Any]]) -> Future[Any]:
+    """Call ``submit`` (which pickles a batch) with ``sharer``'s array hook, if any."""
+    if sharer is None:
+        return submit()
+    with sharing(sharer):
+        future = submit()
+    return unwrap_no_room(future)
+
+
+def unwrap_no_room(future: Future[Any]) -> Future[Any]:
+    """Fail with the SharedMemoryError itself when no folder had room for an argument.
+
+    The pool reports any failure to pickle a batch as a TaskPicklingError; "no room" deserves
+    its own, clearer error (it says how much was needed and where parajob looked). So does
+    the fallback's SharedMemoryWarning when warnings are errors (``-W error``).
+    """
+    if not future.done() or future.cancelled():
+        return future
+    exc = future.exception()
+    cause = None if exc is None else exc.__cause__
+    if not isinstance(cause, (SharedMemoryError, SharedMemoryWarning)):
+        return future
+    replacement: Future[Any] = Future()
+    replacement.set_exception(cause)
+    return replacement
 
 
 def _key(arr: Any) -> tuple[Any, ...]:

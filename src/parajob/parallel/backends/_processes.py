@@ -12,14 +12,11 @@ Large numpy arrays travel through shared memory: each call gets an ``ArraySharer
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from parajob.errors import SharedMemoryError, SharedMemoryWarning
 from parajob.parallel._backend import ParallelBackendBase
 from parajob.parallel._budget import (
     effective_n_jobs_within_budget,
@@ -74,20 +71,14 @@ class ProcessesBackend(ParallelBackendBase):
         )
 
     def start_call(self) -> None:
-        self._close_sharer()
-        max_nbytes = getattr(self.parallel, "_max_nbytes", None)
-        if max_nbytes is None:
-            return  # max_nbytes=None: arrays go through the pipe, as with joblib
-        from parajob.parallel._config import parse_nbytes
-        from parajob.process_pool import _sharer, _shm
+        from parajob.process_pool._sharer import call_sharer
 
-        settings = _shm.make_settings(
-            max_nbytes,
+        self._close_sharer()
+        self._sharer = call_sharer(
+            getattr(self.parallel, "_max_nbytes", None),
             getattr(self.parallel, "mmap_mode", "r"),
             getattr(self.parallel, "temp_folder", None),
-            parse_nbytes(os.environ.get(_shm.SHM_SIZE_ENV) or None, _shm.SHM_SIZE_ENV),
         )
-        self._sharer = _sharer.ArraySharer(settings)
 
     def stop_call(self) -> None:
         self._close_sharer()
@@ -114,13 +105,6 @@ class ProcessesBackend(ParallelBackendBase):
             if callback is not None:
                 callback(future)
 
-        sharer = self._sharer
-        if sharer is None:
-            sharing_arrays: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        else:
-            from parajob.process_pool._sharer import sharing
-
-            sharing_arrays = sharing(sharer)
         # The pool enforces both limits from when the batch starts running: the call's
         # timeout (which then stops the whole call) and task_timeout (which fails the task).
         # timeout is per batch (joblib's meaning), task_timeout per task.
@@ -129,15 +113,17 @@ class ProcessesBackend(ParallelBackendBase):
             for t in (call_timeout, None if task_timeout is None else task_timeout * len(func))
             if t is not None
         ]
-        with sharing_arrays:
-            future = self._pool.submit_batch(
+        from parajob.process_pool._sharer import submit_sharing
+
+        future = submit_sharing(
+            self._sharer,
+            lambda: self._pool.submit_batch(
                 func.tasks,
                 indices=range(first, first + len(func.tasks)),
                 task_timeout=min(limits) if limits else None,
                 stop_on_error=func.stop_on_error,
-            )
-        if sharer is not None:
-            future = _unwrap_no_room(future)
+            ),
+        )
         with self._lock:
             if not future.done():
                 self._submitted.add(future)
@@ -165,21 +151,3 @@ class ProcessesBackend(ParallelBackendBase):
         # The shared pool stays warm for the next call; only forget it here.
         self._close_sharer()
         self._pool = None
-
-
-def _unwrap_no_room(future: Future[Any]) -> Future[Any]:
-    """Fail with the SharedMemoryError itself when no folder had room for an argument.
-
-    The pool reports any failure to pickle a batch as a TaskPicklingError; "no room" deserves
-    its own, clearer error (it says how much was needed and where parajob looked). So does
-    the fallback's SharedMemoryWarning when warnings are errors (``-W error``).
-    """
-    if not future.done() or future.cancelled():
-        return future
-    exc = future.exception()
-    cause = None if exc is None else exc.__cause__
-    if not isinstance(cause, (SharedMemoryError, SharedMemoryWarning)):
-        return future
-    replacement: Future[Any] = Future()
-    replacement.set_exception(cause)
-    return replacement
