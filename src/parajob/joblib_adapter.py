@@ -15,7 +15,8 @@ runs the search on parajob's workers, a worker that dies is reported with the ta
 running (:class:`~parajob.errors.TerminatedWorkerError`), and ``progress=True`` shows
 parajob's progress bar. Large arrays (joblib's ``max_nbytes``, ``mmap_mode`` and
 ``temp_folder``) reach the workers through parajob's shared memory, and a read-only copy is
-kept for the next call with the same array (``docs/sharedmem.md``). joblib is imported only when the backend is registered.
+kept for the next call with the same array (``docs/sharedmem.md``). joblib is imported only
+when the backend is registered.
 
 .. versionadded:: 0.1
 """

@@ -34,17 +34,3 @@ def wait_until_released(folder: Path, seconds: float = 5.0) -> list[str]:
         time.sleep(0.05)
         held = held_in(folder)
     return held
-
-
-def mapped_rss_kib(pid: int, folder: Path) -> int:
-    """Resident KiB of process ``pid``'s mappings of files in ``folder``."""
-    total = 0
-    inside = False
-    with open(f"/proc/{pid}/smaps") as fh:
-        for line in fh:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):  # a mapping's header line
-                inside = str(folder) in line
-            elif inside and head == "Rss:":
-                total += int(line.split()[1])
-    return total

@@ -149,3 +149,41 @@ def write_and_keep(a: Any, value: float) -> float:
     a[0] = value
     _kept_alive.append(a)
     return old
+
+
+def keep_in_state(a: Any) -> bool:
+    """Keep the argument in this worker's state, for a later call."""
+    from parajob.process_pool import worker_state
+
+    worker_state()["kept"] = a
+    return True
+
+
+def sum_kept() -> float | None:
+    """Sum the array an earlier call kept in this worker (None if it kept none here)."""
+    from parajob.process_pool import worker_state
+
+    kept = worker_state().get("kept")
+    return None if kept is None else float(kept.sum())
+
+
+def forget_kept() -> None:
+    """Drop the array kept in this worker's state."""
+    from parajob.process_pool import worker_state
+
+    worker_state().pop("kept", None)
+
+
+def wait_in_worker_1(gate: str) -> None:
+    """An initializer that keeps worker 1 busy until ``gate`` exists (at most 60 s)."""
+    from parajob.process_pool import worker_id
+
+    if worker_id() == 1:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def first(a: Any, padding: bytes) -> float:
+    """Return a[0] (``padding`` only makes the task's message large)."""
+    return float(a[0])

@@ -6,7 +6,10 @@ for three, so that small arrays exercise the same path on any machine.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="argument sharing needs Linux's /proc"
 )
 
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 N = 2_000_000  # float64 values: 16 MB, in pieces of 6, 6 and 4 MiB
 
 
@@ -77,3 +81,69 @@ def test_pieces_are_released_with_the_array(shm_dir: Path, three_pieces: None) -
     assert len({h.split(":", 1)[1] for h in held_in(shm_dir) if " fd " in h}) == 3
     del a
     assert wait_until_released(shm_dir) == []
+
+
+_CTRL_C_WHILE_COPYING = """
+    import os, signal, sys, threading, time
+    sys.path[:0] = [{src!r}]
+    import numpy as np
+    from parajob import Parallel, delayed
+    from parajob.process_pool import _sharer, shutdown_executor
+
+    def copying():
+        return any(
+            os.readlink(f"/proc/self/fd/{{fd}}").startswith({shm!r})
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.islink(f"/proc/self/fd/{{fd}}")
+        )
+
+    def interrupt(main):
+        deadline = time.monotonic() + 60
+        while not copying() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)  # an impatient user presses it twice
+
+    if __name__ == "__main__":
+        _sharer._streams = lambda nbytes: 2
+        x = np.full(1 << 25, 7.0)  # 256 MiB, in 2 pieces
+        th = threading.Thread(target=interrupt, args=(threading.get_ident(),))
+        th.start()
+        try:
+            Parallel(n_jobs=2)(delayed(np.sum)(x) for _ in range(2))
+            print("NOT INTERRUPTED")
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the second press may come later
+            print("INTERRUPTED")
+        # At once, as a program going on after Ctrl-C would: these files get the numbers of
+        # the descriptors the copy just closed.
+        paths = [os.path.join({tmp!r}, f"user_{{i}}.txt") for i in range(4)]
+        fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) for p in paths]
+        for fd in fds:
+            os.write(fd, b"user data\\n")
+        th.join()
+        time.sleep(0.2)  # ample time for a writer left running to write into them
+        print("SIZES", [os.fstat(fd).st_size for fd in fds])
+        for fd in fds:
+            os.close(fd)
+        shutdown_executor(wait=True, kill_workers=True)
+"""
+
+
+def test_ctrl_c_while_pieces_are_written_stops_every_writer_first(
+    shm_dir: Path, tmp_path: Path
+) -> None:
+    code = textwrap.dedent(
+        _CTRL_C_WHILE_COPYING.format(src=SRC, shm=str(shm_dir), tmp=str(tmp_path))
+    )
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    env = {**os.environ, _shm.SHM_DIR_ENV: str(shm_dir)}
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "INTERRUPTED" in out.stdout, out.stdout + out.stderr
+    # No writer was left to write the array into the files opened next.
+    assert "SIZES [10, 10, 10, 10]" in out.stdout, out.stdout + out.stderr

@@ -321,3 +321,10 @@ def test_segments_are_released_when_the_parent_is_interrupted_or_killed(
             proc.communicate(timeout=30)
     assert wait_until_released(shm_dir, 5.0) == []
     assert os.listdir(shm_dir) == []
+
+
+def test_a_plain_field_of_a_structured_array_with_objects_is_shared(shm_dir: Path) -> None:
+    rec = np.zeros(BIG, dtype=[("x", "f8"), ("label", "O")])
+    rec["x"] = np.arange(BIG)
+    out = Parallel(n_jobs=2)(delayed(t.describe)(rec["x"]) for _ in range(2))
+    assert out == [("memmap", True, False, float(rec["x"].sum()))] * 2

@@ -264,8 +264,10 @@ class Parallel:
             name=type(self).__name__,
         )
         self._running = True
-        self._backend.start_call()
         try:
+            # Inside the try: a backend that fails to start the call (a bad setting in the
+            # environment, Ctrl-C) must not leave this object believing a call is running.
+            self._backend.start_call()
             call = Call(self._backend, iterable, settings, self._call_closed)
         except BaseException:
             self._call_closed(False)

@@ -122,18 +122,19 @@ class PoolCore:
     def _send_forgets_locked(self, run: Run) -> None:
         """Pass on the kept shared copies the parent freed (see :meth:`forget_copies`).
 
-        Every worker that may have mapped one queues the ids, and gets them once it is idle,
-        so a K_FORGET frame is read at once and never waits in a pipe behind a long task (the
-        parent has already emptied the files: a late frame only delays unmapping).
+        The ids are queued for every worker that was ever sent work (only those can map a
+        copy), and sent once the worker is ready and idle: it is then reading its pipe, so a
+        K_FORGET frame never waits behind a long task or an initializer, and never fills the
+        pipe while the manager holds the pool lock.
         """
         outbox = self._forget_outbox
         if outbox:
             ids = [outbox.popleft() for _ in range(len(outbox))]
             for w in run.workers:
-                if not (w.eof or w.exit_sent):
+                if w.sent and not (w.eof or w.exit_sent):
                     w.forget.extend(ids)
         for w in run.workers:
-            if w.forget and not w.inflight and not (w.eof or w.exit_sent):
+            if w.forget and w.ready and not w.inflight and not (w.eof or w.exit_sent):
                 ids, w.forget = w.forget, []
                 # An idle worker is reading, and each frame stays far below a socket's buffer.
                 for at in range(0, len(ids), _FORGET_PER_FRAME):

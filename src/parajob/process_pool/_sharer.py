@@ -11,9 +11,9 @@ Copies kept between calls
 Copying into fresh shared pages is the whole cost of sharing a big array (page allocation
 dominates: ~45 ms for 200 MB here on 2 CPUs, where hashing the same bytes takes ~6 ms).
 Calls that map arguments read-only (``mmap_mode`` ``"r"``, the default, or ``"c"``)
-therefore leave their copies with :data:`KEEPER` when they end. A later call given the *same array object* checks
-that its bytes are unchanged (xxh3-128, computed during the first copy at no extra cost) and
-reuses the copy. A kept copy is freed as soon as:
+therefore leave their copies with :data:`KEEPER` when they end. A later call given the
+*same array object* checks that its bytes are unchanged (xxh3-128, taken of the bytes written
+by the first copy, at no extra cost) and reuses the copy. A kept copy is freed as soon as:
 
 - its array is garbage-collected (a weak reference watches it);
 - its array's bytes changed (found by the next call that passes it);
@@ -117,14 +117,10 @@ class _Copy:
                 os.close(piece[0])
 
     def close(self) -> None:
-        if self.segment.copy_id:
-            # Workers keep their mappings of kept copies until a K_FORGET reaches them, and a
-            # busy worker gets it only after its task. Emptying the files gives the memory
-            # back now: no call uses the copy any more (only a task of an ended call could
-            # still read it, and it would be stopped by SIGBUS rather than read stale bytes).
-            for piece in self.segment.pieces:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(piece[0], 0)
+        # The memory goes when the last worker mapping goes too. The files are not emptied
+        # first: a task may keep an argument between calls (worker_state(), a module-level
+        # cache), and reading it must not kill its worker (SIGBUS), as it would not with
+        # joblib. Workers drop their own mappings of kept copies once told (K_FORGET).
         self.close_files()
         if self.segment.copy_id:
             for pool in list(_pools):
@@ -423,7 +419,13 @@ class ArraySharer:
         owner = arr
         while isinstance(owner.base, np.ndarray):
             owner = owner.base
-        if owner is not arr and (owner.flags.c_contiguous or owner.flags.f_contiguous):
+        # A base that holds Python objects cannot be shared (a plain field of a structured
+        # array with an object field, say): then the view is copied on its own.
+        if (
+            owner is not arr
+            and not owner.dtype.hasobject
+            and (owner.flags.c_contiguous or owner.flags.f_contiguous)
+        ):
             owner_key = _key(owner)
             lo, hi = span(tuple(arr.shape), tuple(arr.strides), arr.dtype.itemsize)
             at = address(arr) - address(owner)
@@ -463,19 +465,23 @@ class ArraySharer:
             digests = [xxhash.xxh3_128() for _ in sizes]
         fill, strides = writer(arr, sizes, digests)
         fds, in_shm = create_segment(sizes, self.settings, fill, KEEPER.make_room)
-        self.copies_made += 1
-        kept = keepable and in_shm
-        pieces = []
-        for fd, size in zip(fds, sizes, strict=True):
-            st = os.fstat(fd)
-            pieces.append((fd, st.st_dev, st.st_ino, size))
-        lo, _ = span(tuple(arr.shape), strides, arr.dtype.itemsize)
-        copy = _Copy(
-            Segment(self._pid, tuple(pieces), next(_copy_ids) if kept else 0),
-            None if digests is None else _combine([bytes(d.digest()) for d in digests]),
-            -lo,
-            strides,
-        )
+        try:
+            self.copies_made += 1
+            kept = keepable and in_shm
+            pieces = []
+            for fd, size in zip(fds, sizes, strict=True):
+                st = os.fstat(fd)
+                pieces.append((fd, st.st_dev, st.st_ino, size))
+            lo, _ = span(tuple(arr.shape), strides, arr.dtype.itemsize)
+            copy = _Copy(
+                Segment(self._pid, tuple(pieces), next(_copy_ids) if kept else 0),
+                None if digests is None else _combine([bytes(d.digest()) for d in digests]),
+                -lo,
+                strides,
+            )
+        except BaseException:  # Ctrl-C before the copy is anyone's: close its files here
+            _shm.close_fds(fds)
+            raise
         if kept:
             KEEPER.adopt(key, arr, copy)
         else:

@@ -70,6 +70,8 @@ _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # pwrite moves at most ~2 GiB per call on Linux; non-contiguous arrays are copied in pieces.
 _WRITE_CHUNK = 1 << 30
 _COPY_CHUNK = 64 << 20
+# Writers check whether to stop (Ctrl-C, another piece failed) at least this often.
+_STOP_CHUNK = 8 << 20
 # Hashed and written together: small enough to stay in the CPU's cache in between.
 _HASH_CHUNK = 1 << 20
 # Pieces of a copy written in parallel end on this boundary (a multiple of any page size).
@@ -82,6 +84,10 @@ _FDS_TIMEOUT = 30.0
 # Opening another process's descriptor through /proc is Linux's way to share an unnamed file.
 _CAN_SHARE_ARGS = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 _CAN_PASS_FDS = sys.platform != "win32" and hasattr(socket, "send_fds")
+
+# fill(piece index, descriptor, stop): write one piece of a segment; give up (raise _Stopped)
+# once ``stop`` is set.
+Fill = Callable[[int, int, threading.Event], None]
 
 
 class ShareSettings(NamedTuple):
@@ -169,12 +175,12 @@ def _open_unnamed(place: str) -> int:
 def create_segment(
     sizes: list[int],
     settings: ShareSettings,
-    fill: Callable[[int, int], None],
+    fill: Fill,
     make_room: Callable[[int], None] | None = None,
 ) -> tuple[list[int], bool]:
     """Return (descriptors, in the shm folder) of new unnamed files, one per piece.
 
-    ``fill(i, fd)`` writes piece ``i`` (``sizes[i]`` bytes); pieces after the first are
+    ``fill(i, fd, stop)`` writes piece ``i`` (``sizes[i]`` bytes); pieces after the first are
     written by threads of their own, since a tmpfs file is filled by one writer at a time.
     ``make_room(nbytes)``, when given, is asked to free shared memory (copies kept from
     earlier calls) before the shm folder is given up for lack of room.
@@ -239,32 +245,63 @@ def create_segment(
     )
 
 
-def _fill_pieces(fds: list[int], fill: Callable[[int, int], None]) -> None:
-    """Run ``fill`` for every piece, the first in this thread; raise the first error."""
+class _Stopped(Exception):
+    """A piece's writer was told to stop (another piece failed, or Ctrl-C)."""
+
+
+def _fill_pieces(fds: list[int], fill: Fill) -> None:
+    """Run ``fill`` for every piece, the first in this thread; raise the first error.
+
+    Never returns (or raises) while a writer thread still runs: the caller closes the
+    descriptors next, and a thread still writing would write into whatever file the process
+    opens next under the same numbers. Ctrl-C stops every writer (each checks ``stop``
+    between slices) and is raised once they all ended; it wins over their own errors.
+    """
+    stop = threading.Event()
     if len(fds) == 1:
-        fill(0, fds[0])
+        fill(0, fds[0], stop)
         return
     errors: list[BaseException] = []
+    # Set by each writer thread once it will not write any more. Thread.join() is not used:
+    # on Python 3.11 a join interrupted by Ctrl-C can leave is_alive() False for a thread
+    # that still runs (bpo-45274), and waiting on events can be retried safely.
+    done = [threading.Event() for _ in fds[1:]]
 
     def run(i: int) -> None:
         try:
-            fill(i, fds[i])
+            fill(i, fds[i], stop)
         except BaseException as exc:  # handed to the calling thread below
             errors.append(exc)
+            stop.set()
 
-    threads = [
-        threading.Thread(target=run, args=(i,), name="parajob-shm-copy", daemon=True)
-        for i in range(1, len(fds))
-    ]
-    for thread in threads:
-        thread.start()
+    def run_thread(i: int) -> None:
+        try:
+            run(i)
+        finally:
+            done[i - 1].set()
+
+    started = 0
     try:
+        for i in range(1, len(fds)):
+            threading.Thread(
+                target=run_thread, args=(i,), name="parajob-shm-copy", daemon=True
+            ).start()
+            started += 1
         run(0)
+    except BaseException as exc:  # Ctrl-C, or a thread that could not start
+        errors.append(exc)
+        stop.set()
     finally:
-        for thread in threads:
-            thread.join()
+        while not all(event.is_set() for event in done[:started]):
+            try:
+                for event in done[:started]:
+                    event.wait()
+            except BaseException as exc:  # Ctrl-C while waiting: stop them, keep waiting
+                errors.append(exc)
+                stop.set()
     if errors:
-        raise errors[0]
+        real = [e for e in errors if not isinstance(e, _Stopped)] or errors
+        raise next((e for e in real if not isinstance(e, Exception)), real[0])
 
 
 def piece_sizes(nbytes: int, pieces: int) -> list[int]:
@@ -319,13 +356,14 @@ def flat_bytes(arr: Any) -> Any:
 
 def writer(
     arr: Any, sizes: list[int] | None = None, digests: list[Any] | None = None
-) -> tuple[Callable[[int, int], None], tuple[int, ...]]:
+) -> tuple[Fill, tuple[int, ...]]:
     """Return (fill, strides of the stored copy): raw bytes for contiguous arrays, else C order.
 
-    ``fill(i, fd)`` writes piece ``i`` of ``sizes`` (one piece when None; several need a
-    contiguous array). With ``digests`` (one xxh3 hasher per piece), ``fill`` also feeds each
-    piece's written bytes to its hasher, a slice at a time while the slice is in the CPU's
-    cache, so the hash costs next to nothing on top of the copy.
+    ``fill(i, fd, stop)`` writes piece ``i`` of ``sizes`` (one piece when None; several need a
+    contiguous array), a slice at a time, and stops between slices once ``stop`` is set. With
+    ``digests`` (one xxh3 hasher per piece), ``fill`` also feeds each piece's written bytes to
+    its hasher while the slice is in the CPU's cache, so the hash costs next to nothing on top
+    of the copy.
     """
     np = np_module()
     flat = flat_bytes(arr)
@@ -335,20 +373,24 @@ def writer(
         for size in sizes or [len(data)]:
             starts.append(starts[-1] + size)
 
-        def fill(i: int, fd: int) -> None:
+        def fill(i: int, fd: int, stop: threading.Event) -> None:
             piece = data[starts[i] : starts[i + 1]]
-            if digests is None:
-                _pwrite_all(fd, piece, 0)
-                return
             # The digest must describe exactly the bytes written, even if another thread
             # changes the array meanwhile: each slice is copied once into a small buffer (it
             # stays in the CPU's cache), then hashed and written from there.
-            buffer = memoryview(bytearray(min(_HASH_CHUNK, len(piece))))
-            for at in range(0, len(piece), _HASH_CHUNK):
-                n = min(_HASH_CHUNK, len(piece) - at)
-                part = buffer[:n]
-                part[:] = piece[at : at + n]
-                digests[i].update(part)
+            hasher = None if digests is None else digests[i]
+            step = _STOP_CHUNK if hasher is None else _HASH_CHUNK
+            if hasher is not None:
+                buffer = memoryview(bytearray(min(step, len(piece))))
+            for at in range(0, len(piece), step):
+                if stop.is_set():
+                    raise _Stopped
+                part = piece[at : at + step]
+                if hasher is not None:
+                    staged = buffer[: len(part)]
+                    staged[:] = part
+                    hasher.update(staged)
+                    part = staged
                 _pwrite_all(fd, part, at)
 
         return fill, tuple(arr.strides)
@@ -358,9 +400,11 @@ def writer(
     arr = arr.view(np.ndarray)
     rows = max(1, _COPY_CHUNK // max(arr.nbytes // max(arr.shape[0], 1), 1))
 
-    def fill_rows(i: int, fd: int) -> None:
+    def fill_rows(i: int, fd: int, stop: threading.Event) -> None:
         at = 0
         for start in range(0, arr.shape[0], rows):
+            if stop.is_set():
+                raise _Stopped
             piece = np.ascontiguousarray(arr[start : start + rows]).reshape(-1).view(np.uint8)
             _pwrite_all(fd, memoryview(piece), at)
             at += piece.nbytes
