@@ -13,9 +13,9 @@ task, so that::
 
 runs the search on parajob's workers, a worker that dies is reported with the task it was
 running (:class:`~parajob.errors.TerminatedWorkerError`), and ``progress=True`` shows
-parajob's progress bar. Large arrays (joblib's ``max_nbytes``, ``mmap_mode`` and
-``temp_folder``) reach the workers through parajob's shared memory, and a read-only copy is
-kept for the next call with the same array (``docs/sharedmem.md``). joblib is imported only
+parajob's progress bar. Large arrays (following joblib's ``max_nbytes`` and ``mmap_mode``)
+reach the workers through parajob's shared memory, and a read-only copy is kept for the next
+call with the same array (``docs/sharedmem.md``). joblib is imported only
 when the backend is registered.
 
 .. versionadded:: 0.1
@@ -57,6 +57,29 @@ class _InNestedConfig:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_InNestedConfig, (self.function, self.nested, self.n_jobs))
+
+
+class _JoblibCall:
+    """What one joblib ``Parallel`` call on parajob's backend has of its own."""
+
+    __slots__ = ("next_index", "parallel", "pool", "reporter", "sharer")
+
+    def __init__(self, parallel: Any, pool: Any, sharer: Any) -> None:
+        self.parallel = parallel
+        self.pool = pool
+        self.sharer = sharer  # its ArraySharer (shared-memory copies of large arguments)
+        self.reporter: Any = None
+        self.next_index = 0  # of its next task, for error messages
+
+    def close(self) -> None:
+        sharer, self.sharer = self.sharer, None
+        reporter, self.reporter = self.reporter, None
+        try:
+            if sharer is not None:
+                sharer.close()
+        finally:
+            if reporter is not None:
+                reporter.finish()
 
 
 def _split_batch(batch: Any) -> list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
@@ -118,12 +141,13 @@ def _make_backend_class() -> type:
             self.progress = progress
             self.pool_options = pool_options
             self._pool: Any = None
-            self._reporter: Any = None
-            self._next_index = 0
             self._lock = threading.Lock()
             # joblib's max_nbytes, mmap_mode and temp_folder for the call (see configure).
             self._share_args: tuple[Any, Any, Any] = (None, "r", None)
-            self._sharer: Any = None
+            # joblib gives every Parallel of a parallel_config block the same backend object,
+            # and one may start a call while another's generator is still open: what belongs
+            # to a call is kept per joblib Parallel (by id; the entry holds the object).
+            self._calls: dict[int, _JoblibCall] = {}
             self._submitted: set[Any] = set()
             self._first_task: dict[Any, tuple[int, Any]] = {}
 
@@ -165,33 +189,56 @@ def _make_backend_class() -> type:
             from parajob.process_pool._sharer import call_sharer
             from parajob.progress import make_reporter
 
-            self._close_sharer()
-            self._sharer = call_sharer(*self._share_args)
-            self._next_index = 0
-            self._reporter = make_reporter(self.progress)
-            if self._reporter is not None:
-                self._reporter.start(getattr(self.parallel, "n_tasks", None))
+            parallel = self.parallel
+            with self._lock:
+                previous = self._calls.pop(id(parallel), None)
+            if previous is not None:
+                previous.close()
+            call = _JoblibCall(parallel, self._pool, call_sharer(*self._share_args))
+            with self._lock:
+                self._calls[id(parallel)] = call
+            call.reporter = make_reporter(self.progress)
+            if call.reporter is not None:
+                call.reporter.start(getattr(parallel, "n_tasks", None))
 
         def stop_call(self) -> None:
-            self._close_sharer()
-            reporter, self._reporter = self._reporter, None
-            if reporter is not None:
-                reporter.finish()
+            # joblib calls this when one of its Parallel objects ends a call, after marking
+            # it as no longer running; others sharing this backend may still be running.
+            self._end_calls(only_finished=True)
 
-        def _close_sharer(self) -> None:
-            sharer, self._sharer = self._sharer, None
-            if sharer is not None:
-                sharer.close()
+        def _end_calls(self, only_finished: bool) -> None:
+            with self._lock:
+                ended = [
+                    call
+                    for call in self._calls.values()
+                    if not (only_finished and getattr(call.parallel, "_running", False))
+                ]
+                for call in ended:
+                    del self._calls[id(call.parallel)]
+            for call in ended:
+                call.close()
+
+        def _call_for(self, callback: Any) -> _JoblibCall:
+            # joblib's batch callback knows its Parallel; without one, the latest configured.
+            parallel = getattr(callback, "parallel", None) or self.parallel
+            with self._lock:
+                call = self._calls.get(id(parallel))
+            if call is None:  # a call joblib did not start (no start_call): nothing shared
+                call = _JoblibCall(parallel, self._pool, None)
+                with self._lock:
+                    self._calls[id(parallel)] = call
+            return call
 
         def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Any:
-            calls = _split_batch(func)
-            first = self._next_index
-            self._next_index += len(calls)
             from parajob.process_pool._sharer import submit_sharing
 
+            call = self._call_for(callback)
+            calls = _split_batch(func)
+            first = call.next_index
+            call.next_index += len(calls)
             future = submit_sharing(
-                self._sharer,
-                lambda: self._pool.submit_batch(
+                call.sharer,
+                lambda: call.pool.submit_batch(
                     calls, indices=range(first, first + len(calls)), stop_on_error=True
                 ),
             )
@@ -199,11 +246,13 @@ def _make_backend_class() -> type:
                 self._first_task[future] = (first, calls[0][0])
                 if not future.done():
                     self._submitted.add(future)
+            reporter = call.reporter
 
             def done(fut: Any) -> None:
                 with self._lock:
                     self._submitted.discard(fut)
-                reporter = self._reporter
+                    if fut.cancelled():
+                        self._first_task.pop(fut, None)  # no result will be retrieved
                 if reporter is not None:
                     with self._lock:
                         reporter.advance(len(calls))
@@ -237,8 +286,9 @@ def _make_backend_class() -> type:
                 self._pool.cancel(futures, kill_running=True)
 
         def terminate(self) -> None:
-            # parajob's pool is shared and stays warm for the next call.
-            self._close_sharer()
+            # parajob's pool is shared and stays warm for the next call; calls of other
+            # Parallel objects still running keep theirs.
+            self._end_calls(only_finished=True)
             self._pool = None
 
         def get_nested_backend(self) -> tuple[Any, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -121,3 +122,24 @@ def test_large_arrays_reach_the_workers_through_shared_memory() -> None:
         assert out == [("memmap", True, float(big.sum()))] * 2
         out = joblib.Parallel(max_nbytes=None)(joblib.delayed(_describe)(big) for _ in range(2))
         assert out == [("ndarray", True, float(big.sum()))] * 2  # pickled, as joblib does
+
+
+def _first_plus(a: np.ndarray, i: int) -> float:
+    time.sleep(0.05)  # later tasks are still queued when the other call runs
+    return float(a[0]) + i
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_a_joblib_call_inside_an_open_generator_leaves_its_shared_arrays_alone(
+    mode: str,
+) -> None:
+    # joblib gives every Parallel of a parallel_config block the same backend object: the
+    # inner call must neither close nor replace the open call's shared copies.
+    big = np.arange(500_000, dtype=np.float64)  # 4 MB, shared
+    with joblib.parallel_config(backend="parajob", n_jobs=2, mmap_mode=mode):
+        gen = joblib.Parallel(return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")(
+            joblib.delayed(_first_plus)(big, i) for i in range(10)
+        )
+        first = next(gen)
+        assert joblib.Parallel()(joblib.delayed(sum)(np.ones(10)) for _ in range(2)) == [10, 10]
+        assert [first, *gen] == [float(i) for i in range(10)]

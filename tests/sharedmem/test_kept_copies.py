@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ import shm_tasks as t
 from shm_helpers import held_in, wait_until_released
 
 from parajob import Parallel, delayed, parallel_config
-from parajob.process_pool import _sharer, free_shared_arrays
+from parajob.errors import SharedMemoryWarning
+from parajob.process_pool import _sharer, _shm, free_shared_arrays
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="argument sharing needs Linux's /proc"
@@ -324,3 +326,21 @@ def test_freed_copies_never_block_the_pool_on_a_worker_still_starting(
     finally:
         open(gate, "w").close()
         runner.join(timeout=60)
+
+
+def test_a_new_copy_frees_kept_ones_when_the_shm_folder_is_short_of_room(
+    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_shm.SHM_SIZE_ENV, "5M")  # the room parajob may use in the folder
+    monkeypatch.setenv(_sharer.KEEP_ENV, "10M")
+    a = np.ones(BIG)  # 2.4 MB, kept
+    inodes(a)
+    a_inode = _sharer.KEEPER._entries[_sharer._key(a)].segment.pieces[0][2]
+    b = np.full(400_000, 2.0)  # 3.2 MB: fits only once a's copy is gone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedMemoryWarning)  # no fallback to temp_folder
+        inodes(b)
+    assert _sharer.KEEPER.holds(_sharer._key(b))
+    assert not _sharer.KEEPER.holds(_sharer._key(a))
+    # The workers were told at once, so they no longer map a's copy.
+    assert not [h for h in held_in(shm_dir) if f" {a_inode} " in h or f"#{a_inode}" in h]

@@ -82,9 +82,15 @@ def test_copy_on_write_mode_keeps_writes_in_the_worker(shm_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["r+", "w+"])
-def test_workers_write_into_a_shared_output_memmap(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("max_nbytes", ["1M", None])
+def test_workers_write_into_a_shared_output_memmap(
+    tmp_path: Path, mode: str, max_nbytes: str | None
+) -> None:
     out = np.memmap(tmp_path / "out.dat", dtype=np.float64, mode="w+", shape=(6, BIG // 6))
-    done = Parallel(n_jobs=2, mmap_mode=mode)(delayed(t.fill_row)(out, i) for i in range(6))
+    # Even with max_nbytes=None (nothing copied to shared memory), a memmap goes by path.
+    done = Parallel(n_jobs=2, mmap_mode=mode, max_nbytes=max_nbytes)(
+        delayed(t.fill_row)(out, i) for i in range(6)
+    )
     assert done == list(range(6))
     assert all((out[i] == i).all() for i in range(6))
     del out

@@ -119,6 +119,16 @@ class PoolCore:
             return w.ready or work.small
         return n == 1 and self._prefetch and work.small and w.inflight[0].small
 
+    def send_forgets_now(self) -> None:
+        """Pass on freed kept copies to idle workers now (a new copy waits for their room).
+
+        Takes the pool lock: never call it from a weak-reference callback.
+        """
+        with self._lock:
+            run = self._run
+            if run is not None:
+                self._send_forgets_locked(run)
+
     def _send_forgets_locked(self, run: Run) -> None:
         """Pass on the kept shared copies the parent freed (see :meth:`forget_copies`).
 

@@ -281,10 +281,23 @@ class _Keeper:
             elif self._idle > budget:
                 self._free_idle(self._idle - budget)
 
-    def make_room(self, nbytes: int) -> None:
-        """Free idle copies, oldest first, until ``nbytes`` are freed or none is left."""
+    def held(self) -> int:
+        """Bytes of shared memory held by kept copies, idle or in use."""
         with self._locked():
-            self._free_idle(nbytes)
+            return sum(entry.nbytes for entry in self._entries.values())
+
+    def make_room(self, nbytes: int) -> int:
+        """Free idle copies, oldest first, until ``nbytes`` are freed or none is left.
+
+        Return the bytes freed. Workers are told at once to drop their mappings of them, so
+        that the memory comes back within moments (see ``_shm._room_in_shm``).
+        """
+        with self._locked():
+            freed = self._free_idle(nbytes)
+        if freed:
+            for pool in list(_pools):
+                pool.send_forgets_now()
+        return freed
 
     def clear(self) -> None:
         """Free every idle copy; copies in use are freed when their calls end."""
@@ -301,13 +314,14 @@ class _Keeper:
 
     # -- under the lock ----------------------------------------------------------------------
 
-    def _free_idle(self, nbytes: int) -> None:
+    def _free_idle(self, nbytes: int) -> int:
         freed = 0
         for key in [k for k, e in self._entries.items() if not e.users]:
             if freed >= nbytes:
-                return
+                break
             freed += self._entries[key].nbytes
             self._drop(key)
+        return freed
 
     def _drop(self, key: tuple[Any, ...]) -> None:
         entry = self._entries.pop(key)
@@ -464,7 +478,7 @@ class ArraySharer:
 
             digests = [xxhash.xxh3_128() for _ in sizes]
         fill, strides = writer(arr, sizes, digests)
-        fds, in_shm = create_segment(sizes, self.settings, fill, KEEPER.make_room)
+        fds, in_shm = create_segment(sizes, self.settings, fill, KEEPER)
         try:
             self.copies_made += 1
             kept = keepable and in_shm
@@ -492,17 +506,18 @@ class ArraySharer:
 
 def call_sharer(
     max_nbytes: int | None, mmap_mode: str | None, temp_folder: str | None
-) -> ArraySharer | None:
-    """The sharer of one call with these joblib settings; None when ``max_nbytes`` is None.
+) -> ArraySharer:
+    """The sharer of one call with these joblib settings.
 
-    With ``max_nbytes=None`` arrays go through the pipe, as with joblib.
+    With ``max_nbytes=None`` no array is copied to shared memory (arguments and results go
+    through the pipe, as with joblib), but ``np.memmap`` arguments still go by path: their
+    workers must write into the same file.
     """
-    if max_nbytes is None:
-        return None
     from parajob._units import parse_size
 
     shm_size = parse_size(os.environ.get(_shm.SHM_SIZE_ENV) or None, _shm.SHM_SIZE_ENV)
-    return ArraySharer(_shm.make_settings(max_nbytes, mmap_mode, temp_folder, shm_size))
+    limit = sys.maxsize if max_nbytes is None else max_nbytes
+    return ArraySharer(_shm.make_settings(limit, mmap_mode, temp_folder, shm_size))
 
 
 def submit_sharing(sharer: ArraySharer | None, submit: Callable[[], Future[Any]]) -> Future[Any]:

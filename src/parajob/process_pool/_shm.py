@@ -40,9 +40,10 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from parajob.errors import SharedMemoryError, SharedMemoryWarning
 from parajob.process_pool._mapping import SharedMapping, span
@@ -72,6 +73,8 @@ _WRITE_CHUNK = 1 << 30
 _COPY_CHUNK = 64 << 20
 # Writers check whether to stop (Ctrl-C, another piece failed) at least this often.
 _STOP_CHUNK = 8 << 20
+# How long a new copy waits for the room freed kept copies give back (workers unmapping them).
+_ROOM_WAIT = 0.5
 # Hashed and written together: small enough to stay in the CPU's cache in between.
 _HASH_CHUNK = 1 << 20
 # Pieces of a copy written in parallel end on this boundary (a multiple of any page size).
@@ -147,10 +150,38 @@ def _places(settings: ShareSettings) -> list[tuple[str, int | None, bool]]:
     return out
 
 
-def _free_bytes(place: str, cap: int | None) -> int:
+def _free_bytes(place: str, cap: int | None, held: int = 0) -> int:
+    """Room in ``place``: what the filesystem has, within ``cap`` less ``held`` (if capped)."""
     st = os.statvfs(place)
     free = st.f_bavail * st.f_frsize
-    return free if cap is None else min(free, cap)
+    return free if cap is None else min(free, max(cap - held, 0))
+
+
+class Room(Protocol):
+    """What the shm folder's room depends on besides the filesystem: copies kept for reuse."""
+
+    def held(self) -> int:
+        """Bytes of shm copies held by this process (counted against PARAJOB_SHM_SIZE)."""
+
+    def make_room(self, nbytes: int) -> int:
+        """Free idle copies worth ``nbytes`` if possible; return how many bytes were freed."""
+
+
+def _room_in_shm(place: str, cap: int | None, room: Room | None, nbytes: int) -> int:
+    """The shm folder's room, after freeing kept copies if it is short of ``nbytes``."""
+    held = 0 if room is None or cap is None else room.held()
+    free = _free_bytes(place, cap, held)
+    if free >= nbytes or room is None or not room.make_room(nbytes - free):
+        return free
+    # Freed copies' pages come back once workers have dropped their mappings (they were just
+    # told to): wait for that a little, rather than send the new copy to disk.
+    deadline = time.monotonic() + _ROOM_WAIT
+    while True:
+        held = 0 if cap is None else room.held()
+        free = _free_bytes(place, cap, held)
+        if free >= nbytes or time.monotonic() >= deadline:
+            return free
+        time.sleep(0.002)
 
 
 def _open_unnamed(place: str) -> int:
@@ -176,24 +207,21 @@ def create_segment(
     sizes: list[int],
     settings: ShareSettings,
     fill: Fill,
-    make_room: Callable[[int], None] | None = None,
+    room: Room | None = None,
 ) -> tuple[list[int], bool]:
     """Return (descriptors, in the shm folder) of new unnamed files, one per piece.
 
     ``fill(i, fd, stop)`` writes piece ``i`` (``sizes[i]`` bytes); pieces after the first are
     written by threads of their own, since a tmpfs file is filled by one writer at a time.
-    ``make_room(nbytes)``, when given, is asked to free shared memory (copies kept from
-    earlier calls) before the shm folder is given up for lack of room.
+    ``room``, when given, counts the copies kept from earlier calls against the shm folder's
+    cap, and is asked to free some before the folder is given up for lack of room.
     """
     nbytes = sum(sizes)
     tried: list[str] = []
     shm_was_full = False
     for place, cap, is_shm in _places(settings):
         try:
-            free = _free_bytes(place, cap)
-            if free < nbytes and is_shm and make_room is not None:
-                make_room(nbytes - free)
-                free = _free_bytes(place, cap)
+            free = _room_in_shm(place, cap, room, nbytes) if is_shm else _free_bytes(place, cap)
         except OSError as exc:
             tried.append(f"{place} ({exc.strerror})")
             continue
@@ -262,10 +290,14 @@ def _fill_pieces(fds: list[int], fill: Fill) -> None:
         fill(0, fds[0], stop)
         return
     errors: list[BaseException] = []
-    # Set by each writer thread once it will not write any more. Thread.join() is not used:
-    # on Python 3.11 a join interrupted by Ctrl-C can leave is_alive() False for a thread
-    # that still runs (bpo-45274), and waiting on events can be retried safely.
-    done = [threading.Event() for _ in fds[1:]]
+    # Writers register before they write and deregister when they stop. On success every
+    # writer must finish its piece; after an error or Ctrl-C the caller sets `closed`, so a
+    # writer that starts late writes nothing, and waits for the registered ones to stop.
+    # Thread.join() is not used: on Python 3.11 a join interrupted by Ctrl-C can leave
+    # is_alive() False for a thread that still runs (bpo-45274), and start() itself can be
+    # interrupted after its thread began.
+    writers = threading.Condition()
+    state = {"running": 0, "finished": 0, "closed": False}
 
     def run(i: int) -> None:
         try:
@@ -276,27 +308,46 @@ def _fill_pieces(fds: list[int], fill: Fill) -> None:
 
     def run_thread(i: int) -> None:
         try:
-            run(i)
+            with writers:
+                if state["closed"]:
+                    return
+                state["running"] += 1
+            try:
+                run(i)
+            finally:
+                with writers:
+                    state["running"] -= 1
         finally:
-            done[i - 1].set()
+            with writers:
+                state["finished"] += 1
+                writers.notify_all()
 
-    started = 0
+    completed = False
     try:
         for i in range(1, len(fds)):
             threading.Thread(
                 target=run_thread, args=(i,), name="parajob-shm-copy", daemon=True
             ).start()
-            started += 1
         run(0)
+        completed = True
     except BaseException as exc:  # Ctrl-C, or a thread that could not start
         errors.append(exc)
         stop.set()
     finally:
-        while not all(event.is_set() for event in done[:started]):
+        # Never leave while a writer may still write: the caller closes the descriptors next.
+        while True:
             try:
-                for event in done[:started]:
-                    event.wait()
-            except BaseException as exc:  # Ctrl-C while waiting: stop them, keep waiting
+                with writers:
+                    if completed and not errors:
+                        while state["finished"] < len(fds) - 1:
+                            writers.wait()
+                    else:
+                        state["closed"] = True
+                        while state["running"]:
+                            writers.wait()
+                break
+            except BaseException as exc:  # Ctrl-C while waiting: stop them, wait again
+                completed = False
                 errors.append(exc)
                 stop.set()
     if errors:
