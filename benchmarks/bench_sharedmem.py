@@ -5,7 +5,8 @@ calls that all get the same array, where parajob reuses its shared copy, and cal
 get a new array, which must be copied once); the peak RSS growth of workers given a 1 GB
 array; 8 tasks that each return a 100 MB array. Each case also runs a raw baseline: a
 fork-based pool that inherits the array (no transfer at all), a copy through the pipe
-(``max_nbytes=None``), and the tasks' own work without a transfer.
+(``max_nbytes=None``), and the tasks' own work without a transfer. A last case runs
+scikit-learn through joblib on parajob's backend and on loky (when scikit-learn is there).
 """
 
 from __future__ import annotations
@@ -175,5 +176,37 @@ def _results_case() -> Case:
     )
 
 
+def _sklearn_case() -> Case | None:
+    try:
+        import joblib
+        from sklearn.linear_model import Ridge
+        from sklearn.model_selection import cross_val_score
+    except ImportError:
+        return None
+    from parajob import register_joblib_backend
+
+    register_joblib_backend()
+    rows = 20_000 if QUICK else 200_000
+    rng = np.random.default_rng(2)
+    x = rng.random((rows, 100))  # 160 MB (16 MB quick)
+    y = rng.random(rows)
+
+    def fits(backend: str) -> None:
+        # One cross-validation per alpha, as a small hyper-parameter search does by hand.
+        with joblib.parallel_config(backend=backend):
+            for alpha in (0.1, 1.0, 10.0):
+                cross_val_score(Ridge(alpha=alpha), x, y, cv=4, n_jobs=2)
+
+    return Case(
+        f"scikit-learn: 3 x cross_val_score(Ridge, cv=4, n_jobs=2) on a {x.nbytes // MB} MB X, "
+        "through joblib",
+        {"parajob": lambda: fits("parajob"), "joblib": lambda: fits("loky")},
+        [Target("parajob", "joblib", 1.0)],
+        repeat=3 if QUICK else 5,
+    )
+
+
 def cases() -> list[Case]:
-    return [*_pass_cases(), _rss_case(), _results_case()]
+    sklearn_case = _sklearn_case()
+    extra = [] if sklearn_case is None else [sklearn_case]
+    return [*_pass_cases(), _rss_case(), _results_case(), *extra]
