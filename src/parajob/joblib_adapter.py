@@ -62,14 +62,15 @@ class _InNestedConfig:
 class _JoblibCall:
     """What one joblib ``Parallel`` call on parajob's backend has of its own."""
 
-    __slots__ = ("next_index", "parallel", "pool", "reporter", "sharer")
+    __slots__ = ("next_index", "parallel", "pool", "reporter", "sharer", "submitted")
 
-    def __init__(self, parallel: Any, pool: Any, sharer: Any) -> None:
+    def __init__(self, parallel: Any, pool: Any, sharer: Any, reporter: Any) -> None:
         self.parallel = parallel
         self.pool = pool
         self.sharer = sharer  # its ArraySharer (shared-memory copies of large arguments)
-        self.reporter: Any = None
+        self.reporter = reporter
         self.next_index = 0  # of its next task, for error messages
+        self.submitted: set[Any] = set()  # its futures not done yet (what an abort cancels)
 
     def close(self) -> None:
         sharer, self.sharer = self.sharer, None
@@ -141,14 +142,15 @@ def _make_backend_class() -> type:
             self.progress = progress
             self.pool_options = pool_options
             self._pool: Any = None
+            self._n_jobs = 1
             self._lock = threading.Lock()
-            # joblib's max_nbytes, mmap_mode and temp_folder for the call (see configure).
-            self._share_args: tuple[Any, Any, Any] = (None, "r", None)
             # joblib gives every Parallel of a parallel_config block the same backend object,
-            # and one may start a call while another's generator is still open: what belongs
-            # to a call is kept per joblib Parallel (by id; the entry holds the object).
+            # and one may make a call while another's generator is still open (or, managed
+            # with `with`, after another one configured the backend). What belongs to a call
+            # is therefore kept per joblib Parallel (by id; the entry holds the object), made
+            # on its first batch from that Parallel's own settings, and dropped once it no
+            # longer runs.
             self._calls: dict[int, _JoblibCall] = {}
-            self._submitted: set[Any] = set()
             self._first_task: dict[Any, tuple[int, Any]] = {}
 
         def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -171,13 +173,7 @@ def _make_backend_class() -> type:
             from parajob.process_pool import get_executor
 
             self.parallel = parallel
-            # joblib passes its memmapping settings here (max_nbytes in bytes already): large
-            # arrays then reach the workers through parajob's shared memory, as with loky.
-            self._share_args = (
-                backend_kwargs.get("max_nbytes"),
-                backend_kwargs.get("mmap_mode", "r"),
-                backend_kwargs.get("temp_folder"),
-            )
+            self._n_jobs = n
             # The shared warm pool gives each worker its share of the CPUs itself, and caps
             # native thread pools when joblib's inner_max_num_threads is set.
             self._pool = get_executor(
@@ -186,20 +182,9 @@ def _make_backend_class() -> type:
             return n
 
         def start_call(self) -> None:
-            from parajob.process_pool._sharer import call_sharer
-            from parajob.progress import make_reporter
-
-            parallel = self.parallel
-            with self._lock:
-                previous = self._calls.pop(id(parallel), None)
-            if previous is not None:
-                previous.close()
-            call = _JoblibCall(parallel, self._pool, call_sharer(*self._share_args))
-            with self._lock:
-                self._calls[id(parallel)] = call
-            call.reporter = make_reporter(self.progress)
-            if call.reporter is not None:
-                call.reporter.start(getattr(parallel, "n_tasks", None))
+            # The call's own state is made with its first batch (see _call_for); what is left
+            # of calls that no longer run goes now.
+            self._end_calls(only_finished=True)
 
         def stop_call(self) -> None:
             # joblib calls this when one of its Parallel objects ends a call, after marking
@@ -223,10 +208,32 @@ def _make_backend_class() -> type:
             parallel = getattr(callback, "parallel", None) or self.parallel
             with self._lock:
                 call = self._calls.get(id(parallel))
-            if call is None:  # a call joblib did not start (no start_call): nothing shared
-                call = _JoblibCall(parallel, self._pool, None)
-                with self._lock:
-                    self._calls[id(parallel)] = call
+            if call is not None:
+                return call
+            from parajob.process_pool import get_executor
+            from parajob.process_pool._sharer import call_sharer
+            from parajob.progress import make_reporter
+
+            # That Parallel's own memmapping settings (max_nbytes already in bytes): large
+            # arrays reach the workers through parajob's shared memory, as they do with loky.
+            settings = getattr(parallel, "_backend_kwargs", {})
+            sharer = call_sharer(
+                settings.get("max_nbytes", 1 << 20),
+                settings.get("mmap_mode", "r"),
+                settings.get("temp_folder"),
+            )
+            pool = self._pool
+            if pool is None or pool.closed:
+                pool = get_executor(
+                    self._n_jobs,
+                    inner_max_num_threads=self.inner_max_num_threads,
+                    **self.pool_options,
+                )
+            call = _JoblibCall(parallel, pool, sharer, make_reporter(self.progress))
+            if call.reporter is not None:
+                call.reporter.start(getattr(parallel, "n_tasks", None))
+            with self._lock:
+                self._calls[id(parallel)] = call
             return call
 
         def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Any:
@@ -245,19 +252,23 @@ def _make_backend_class() -> type:
             with self._lock:
                 self._first_task[future] = (first, calls[0][0])
                 if not future.done():
-                    self._submitted.add(future)
+                    call.submitted.add(future)
             reporter = call.reporter
 
             def done(fut: Any) -> None:
                 with self._lock:
-                    self._submitted.discard(fut)
-                    if fut.cancelled():
-                        self._first_task.pop(fut, None)  # no result will be retrieved
+                    call.submitted.discard(fut)
                 if reporter is not None:
                     with self._lock:
                         reporter.advance(len(calls))
-                if callback is not None:
-                    callback(fut)
+                try:
+                    if callback is not None:
+                        callback(fut)  # joblib retrieves the result here (if it still wants it)
+                finally:
+                    with self._lock:
+                        # Not retrieved (the call failed or its generator was dropped): the
+                        # entry must not keep the batch's result alive.
+                        self._first_task.pop(fut, None)
 
             future.add_done_callback(done)
             return future
@@ -279,17 +290,21 @@ def _make_backend_class() -> type:
             return list(result.values)
 
         def abort_everything(self, ensure_ready: bool = True) -> None:
+            # joblib marks the Parallel that aborts (_aborting) before calling this; only its
+            # batches are cancelled, not those of other calls sharing this backend.
             with self._lock:
-                futures = list(self._submitted)
-                self._submitted.clear()
-            if futures and self._pool is not None:
-                self._pool.cancel(futures, kill_running=True)
+                calls = list(self._calls.values())
+                aborting = [c for c in calls if getattr(c.parallel, "_aborting", False)]
+                targets = [(c.pool, list(c.submitted)) for c in (aborting or calls) if c.submitted]
+                for c in aborting or calls:
+                    c.submitted.clear()
+            for pool, futures in targets:
+                pool.cancel(futures, kill_running=True)
 
         def terminate(self) -> None:
             # parajob's pool is shared and stays warm for the next call; calls of other
             # Parallel objects still running keep theirs.
             self._end_calls(only_finished=True)
-            self._pool = None
 
         def get_nested_backend(self) -> tuple[Any, int | None]:
             # Inside a worker, nested joblib calls run sequentially: the worker already has

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,4 +143,60 @@ def test_a_joblib_call_inside_an_open_generator_leaves_its_shared_arrays_alone(
         )
         first = next(gen)
         assert joblib.Parallel()(joblib.delayed(sum)(np.ones(10)) for _ in range(2)) == [10, 10]
+        assert [first, *gen] == [float(i) for i in range(10)]
+
+
+def _fill_row(out: np.ndarray, i: int) -> int:
+    out[i] = i
+    return i
+
+
+def _kind(a: np.ndarray) -> str:
+    return type(a).__name__
+
+
+def test_managed_joblib_parallels_of_one_block_each_use_their_own_settings(
+    tmp_path: Path,
+) -> None:
+    big = np.ones(500_000)  # 4 MB
+    with (
+        joblib.parallel_config(backend="parajob", n_jobs=2),
+        joblib.Parallel(mmap_mode="r+") as p1,
+        joblib.Parallel() as p2,
+    ):
+        out = np.memmap(tmp_path / "out", dtype=np.float64, mode="w+", shape=(4, 10))
+        assert p1(joblib.delayed(_fill_row)(out, i) for i in range(4)) == [0, 1, 2, 3]
+        assert all((out[i] == i).all() for i in range(4))  # the workers' writes arrived
+        assert p1(joblib.delayed(_kind)(big) for _ in range(1)) == ["memmap"]
+        assert p2(joblib.delayed(_kind)(big) for _ in range(1)) == ["memmap"]
+
+
+def _fail_with_big_result(i: int) -> np.ndarray:
+    if i == 0:
+        raise ValueError("no")
+    return np.ones(100_000)
+
+
+def test_batches_of_failed_joblib_calls_are_not_kept() -> None:
+    with joblib.parallel_config(backend="parajob", n_jobs=2):
+        for _ in range(3):
+            parallel = joblib.Parallel()
+            with pytest.raises(ValueError, match="no"):
+                parallel(joblib.delayed(_fail_with_big_result)(i) for i in range(6))
+        backend = parallel._backend
+    deadline = time.monotonic() + 10
+    while backend._first_task and time.monotonic() < deadline:
+        time.sleep(0.01)  # batches still finishing in the workers
+    assert backend._first_task == {}
+
+
+def test_a_failing_joblib_call_does_not_cancel_another_open_one() -> None:
+    big = np.arange(10.0)
+    with joblib.parallel_config(backend="parajob", n_jobs=2):
+        gen = joblib.Parallel(return_as="generator", batch_size=1)(
+            joblib.delayed(_first_plus)(big, i) for i in range(10)
+        )
+        first = next(gen)
+        with pytest.raises(ValueError, match="no"):
+            joblib.Parallel()(joblib.delayed(_fail_with_big_result)(i) for i in range(4))
         assert [first, *gen] == [float(i) for i in range(10)]
