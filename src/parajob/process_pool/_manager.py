@@ -25,7 +25,7 @@ from parajob.errors import (
     WorkerStartError,
 )
 from parajob.process_pool import _messages as m
-from parajob.process_pool import _shm
+from parajob.process_pool import _results
 from parajob.process_pool._core import PoolCore, register_at_exit
 from parajob.process_pool._cpu import thread_cap_env
 from parajob.process_pool._state import (
@@ -229,7 +229,7 @@ class Manager(PoolCore):
             buf = w.conn.recv_bytes()
             if buf[0] == m.K_RESULT and buf[1] & m.F_FDS:
                 # The result's shared arrays: their descriptors follow the frame at once.
-                fds = _shm.receive_fds(w.conn)
+                fds = _results.receive_fds(w.conn)
         except (EOFError, OSError):
             # The worker is gone; stop polling its pipe (it would report EOF forever) and
             # let its sentinel tell how it ended.
@@ -259,7 +259,7 @@ class Manager(PoolCore):
                 self._on_result(run, w, kind, flags, task_id, body, fds)
             finally:
                 # Mapped arrays keep their memory; a dropped result's segments vanish here.
-                _shm.close_fds(fds)
+                _results.close_fds(fds)
         elif kind == m.K_LOG:
             self._on_log(body)
         elif kind == m.K_WARNING:
@@ -310,7 +310,7 @@ class Manager(PoolCore):
             outcome = (False, err)
         else:
             try:
-                with _shm.receiving(fds):
+                with _results.receiving(fds):
                     values, raw_errors, duration = pickle.loads(body)
                 errors = m.load_errors(raw_errors)
             except Exception as exc:

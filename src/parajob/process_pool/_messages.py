@@ -57,7 +57,7 @@ K_INIT_FAILED = 15
 
 # flags on K_RESULT
 F_RETIRE = 1
-F_FDS = 2  # shared-memory descriptors follow the frame on the socket (see _shm.send_fds)
+F_FDS = 2  # shared-memory descriptors follow the frame on the socket (see _results.send_fds)
 
 PROTOCOL = 5
 

@@ -21,9 +21,10 @@ storage when the last descriptor or mapping goes away, however the processes end
 included), so nobody has to unlink anything. Sizes still count against the folder's
 filesystem, which is why room is checked there.
 
-This module holds what both sides use to write segments (places, room, writers), the picklers
-and the results path. Only the standard library is imported here (this module is loaded in
-every worker); numpy is imported when an array is met, so it is already loaded by then.
+This module holds what both sides use to write segments (places, room, writers) and the
+picklers; ``_results`` holds the results path. Only the standard library is imported here
+(this module is loaded in every worker); numpy is imported when an array is met, so it is
+already loaded by then.
 """
 
 from __future__ import annotations
@@ -31,34 +32,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import mmap
 import os
 import pickle
-import select
-import socket
-import struct
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from parajob.errors import SharedMemoryError, SharedMemoryWarning
-from parajob.process_pool._mapping import SharedMapping, span
 
 __all__ = [
     "SHM_DIR_ENV",
     "SHM_SIZE_ENV",
     "ShareSettings",
     "array_hook",
-    "dumps_result",
+    "close_fds",
+    "create_segment",
     "dumps_with",
     "piece_sizes",
-    "receive_fds",
-    "receiving",
-    "send_fds",
+    "writer",
 ]
 
 SHM_DIR_ENV = "PARAJOB_SHM_DIR"
@@ -79,14 +74,8 @@ _ROOM_WAIT = 0.5
 _HASH_CHUNK = 1 << 20
 # Pieces of a copy written in parallel end on this boundary (a multiple of any page size).
 _PIECE_ALIGN = 2 << 20
-# SCM_RIGHTS carries at most 253 descriptors per message on Linux.
-_FDS_PER_MESSAGE = 250
-_COUNT = struct.Struct("<I")
-# How long the manager waits for the descriptors that follow a result frame.
-_FDS_TIMEOUT = 30.0
 # Opening another process's descriptor through /proc is Linux's way to share an unnamed file.
 _CAN_SHARE_ARGS = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
-_CAN_PASS_FDS = sys.platform != "win32" and hasattr(socket, "send_fds")
 
 # fill(piece index, descriptor, stop): write one piece of a segment; give up (raise _Stopped)
 # once ``stop`` is set.
@@ -519,139 +508,6 @@ def array_hook(share: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return NotImplemented
 
     return hook
-
-
-# -- results: worker to parent -----------------------------------------------------------------
-
-# The descriptors of the result frame being unpickled in this thread (see receiving()).
-_local = threading.local()
-
-
-class _ResultSegments:
-    def __init__(self, settings: ShareSettings) -> None:
-        self.settings = settings
-        self.fds: list[int] = []
-
-    def reduce(self, arr: Any) -> Any:
-        np = np_module()
-        if (
-            arr.nbytes <= self.settings.max_nbytes
-            or arr.size == 0
-            or arr.dtype.hasobject
-            or not shareable_type(arr, np)
-        ):
-            return NotImplemented
-        fill, strides = writer(arr)
-        fds, _ = create_segment([arr.nbytes], self.settings, fill)
-        self.fds.extend(fds)
-        lo, _ = span(tuple(arr.shape), strides, arr.dtype.itemsize)
-        return (
-            rebuild_result,
-            (
-                len(self.fds) - 1,
-                arr.nbytes,
-                -lo,
-                tuple(arr.shape),
-                strides,
-                arr.dtype,
-                subclass_of(arr, np),
-            ),
-        )
-
-    def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds = []
-
-
-def dumps_result(obj: Any, settings: ShareSettings, by_value: bool) -> tuple[bytes, list[int]]:
-    """Pickle a worker's result; large arrays go to segments whose descriptors are returned.
-
-    The caller sends the descriptors with :func:`send_fds` and then closes them.
-    """
-    if not _CAN_PASS_FDS or "numpy" not in sys.modules:
-        if by_value:
-            import cloudpickle
-
-            return cloudpickle.dumps(obj, protocol=PROTOCOL), []
-        return pickle.dumps(obj, protocol=PROTOCOL), []
-    segments = _ResultSegments(settings)
-    try:
-        return dumps_with(obj, array_hook(segments.reduce), by_value), segments.fds
-    except BaseException:
-        segments.close()
-        raise
-
-
-def rebuild_result(
-    index: int,
-    length: int,
-    offset: int,
-    shape: tuple[int, ...],
-    strides: tuple[int, ...],
-    dtype: Any,
-    cls: type | None,
-) -> Any:
-    """Map a worker's result array in the parent (unpickling hook, inside :func:`receiving`)."""
-    fds = getattr(_local, "fds", None)
-    if fds is None or index >= len(fds):
-        raise SharedMemoryError(
-            "a result array's shared-memory segment did not arrive with the result; this is a "
-            "bug in parajob or the result was unpickled outside the pool"
-        )
-    np = np_module()
-    mapping = SharedMapping(fds[index], length, access=mmap.ACCESS_WRITE)
-    arr = np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset, strides=strides)
-    return arr if cls is None else arr.view(cls)
-
-
-@contextlib.contextmanager
-def receiving(fds: list[int] | None) -> Iterator[None]:
-    """Let :func:`rebuild_result` find the descriptors of one result frame."""
-    _local.fds = fds
-    try:
-        yield
-    finally:
-        _local.fds = None
-
-
-def send_fds(conn: Any, fds: list[int]) -> None:
-    """Send descriptors over a Connection that is a Unix socket, after a frame."""
-    sock = socket.socket(fileno=conn.fileno())
-    try:
-        for i in range(0, len(fds), _FDS_PER_MESSAGE):
-            chunk = fds[i : i + _FDS_PER_MESSAGE]
-            socket.send_fds(sock, [_COUNT.pack(len(fds) - i)], chunk)
-    finally:
-        sock.detach()
-
-
-def receive_fds(conn: Any, timeout: float = _FDS_TIMEOUT) -> list[int]:
-    """Receive what :func:`send_fds` sent; EOFError if the sender died before sending."""
-    fileno = conn.fileno()
-    sock = socket.socket(fileno=fileno)
-    fds: list[int] = []
-    try:
-        remaining = 1
-        while remaining > 0:
-            ready, _, _ = select.select([fileno], [], [], timeout)
-            if not ready:
-                raise TimeoutError(f"no shared-memory descriptors after {timeout:g} s")
-            data, got, _, _ = socket.recv_fds(sock, _COUNT.size, _FDS_PER_MESSAGE)
-            fds.extend(got)
-            if len(data) != _COUNT.size or not got:
-                raise EOFError("the worker stopped while sending shared-memory descriptors")
-            (remaining,) = _COUNT.unpack(data)
-            remaining -= len(got)
-        return fds
-    except BaseException:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
-    finally:
-        sock.detach()
 
 
 def close_fds(fds: list[int] | None) -> None:

@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from parajob.errors import SharedMemoryError
-from parajob.process_pool import _mapping, _shm
+from parajob.process_pool import _mapping, _results, _shm
 from parajob.process_pool import _messages as m
 
 __all__ = ["worker_id", "worker_state"]
@@ -131,7 +131,7 @@ class _Channel:
         with self.lock:
             self.conn.send_bytes(data)
             if fds:
-                _shm.send_fds(self.conn, fds)
+                _results.send_fds(self.conn, fds)
 
 
 class _ForwardLogs(logging.Handler):
@@ -273,7 +273,7 @@ def _dump_result(
             continue
         try:
             _, fds = _dumps_outcome(value, share, True)
-            _shm.close_fds(fds)
+            _results.close_fds(fds)
         except Exception as exc:
             values[pos] = None
             label = _task_label(fn_at(pos), index_at(pos))
@@ -293,7 +293,7 @@ def _dumps_outcome(
     outcome: Any, share: _shm.ShareSettings | None, by_value: bool
 ) -> tuple[bytes, list[int]]:
     if share is not None:
-        return _shm.dumps_result(outcome, share, by_value)
+        return _results.dumps_result(outcome, share, by_value)
     if by_value:
         return m._cloudpickle_dumps(outcome), []
     return pickle.dumps(outcome, protocol=m.PROTOCOL), []
@@ -423,7 +423,7 @@ def _serve(conn: Connection, channel: _Channel, status: Any, config: WorkerConfi
             channel.send_with_fds(m.frame(m.K_RESULT, task_id, body, flags), fds)
         finally:
             # The parent holds its own copies of the descriptors now (or never will).
-            _shm.close_fds(fds)
+            _results.close_fds(fds)
 
 
 def _drop_tracebacks(errors: dict[int, tuple[BaseException, str]]) -> None:
