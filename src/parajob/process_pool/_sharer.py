@@ -376,7 +376,6 @@ class ArraySharer:
         self._keep = settings.mmap_mode in _KEPT_MODES
         # Read now, so that a bad PARAJOB_SHM_KEEP fails the call before it runs anything.
         self._budget = _keep_budget(settings) if self._keep else 0
-        self.copies_made = 0  # new copies this call wrote (the rest were kept ones)
 
     def __enter__(self) -> ArraySharer:
         return self
@@ -480,7 +479,6 @@ class ArraySharer:
         fill, strides = writer(arr, sizes, digests)
         fds, in_shm = create_segment(sizes, self.settings, fill, KEEPER)
         try:
-            self.copies_made += 1
             kept = keepable and in_shm
             pieces = []
             for fd, size in zip(fds, sizes, strict=True):
