@@ -200,7 +200,6 @@ class _Keeper:
         self._entries: dict[tuple[Any, ...], _Copy] = {}
         self._refs: dict[tuple[Any, ...], weakref.ref[Any]] = {}
         self._dead: list[tuple[tuple[Any, ...], weakref.ref[Any]]] = []
-        self._idle = 0  # bytes held by entries no call uses
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -226,7 +225,8 @@ class _Keeper:
     @property
     def idle_bytes(self) -> int:
         """Bytes of shared memory held for arrays that no running call uses."""
-        return self._idle
+        with self._locked():
+            return self._idle_bytes()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -250,8 +250,6 @@ class _Keeper:
             if entry.digest != digest:
                 self._drop(key)  # the array was changed in place since it was copied
                 return None
-            if not entry.users:
-                self._idle -= entry.nbytes
             entry.users += 1
             self._entries[key] = self._entries.pop(key)  # most recently used last
             return entry
@@ -275,11 +273,12 @@ class _Keeper:
             if copy.dropped:
                 copy.close()
                 return
-            self._idle += copy.nbytes
             if copy.nbytes > budget:
                 self._drop(copy.key)  # too big to keep: older copies stay
-            elif self._idle > budget:
-                self._free_idle(self._idle - budget)
+                return
+            idle = self._idle_bytes()
+            if idle > budget:
+                self._free_idle(idle - budget)
 
     def held(self) -> int:
         """Bytes of shared memory held by kept copies, idle or in use."""
@@ -314,6 +313,10 @@ class _Keeper:
 
     # -- under the lock ----------------------------------------------------------------------
 
+    def _idle_bytes(self) -> int:
+        # Counted, not kept up to date by hand: there are few entries (the budget bounds them).
+        return sum(entry.nbytes for entry in self._entries.values() if not entry.users)
+
     def _free_idle(self, nbytes: int) -> int:
         freed = 0
         for key in [k for k, e in self._entries.items() if not e.users]:
@@ -328,7 +331,6 @@ class _Keeper:
         self._refs.pop(key, None)
         entry.dropped = True
         if not entry.users:
-            self._idle -= entry.nbytes
             entry.close()
 
     def _died(self, key: tuple[Any, ...], ref: weakref.ref[Any]) -> None:
